@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch: an unpinned torch pulls several GB of CUDA packages.
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test test-fast clean
+
+$(BIN)/karaoke: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(BIN)/karaoke
+
+demo: install
+	$(BIN)/karaoke run --config configs/demo.yaml
+
+test: install
+	$(BIN)/python -m pytest tests
+
+test-fast: install
+	$(BIN)/python -m pytest tests -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs

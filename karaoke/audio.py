@@ -1,0 +1,104 @@
+"""Audio I/O: read any format soundfile decodes (local or any fsspec URL, e.g. s3://), resample with
+soxr, downmix, and write WAV/FLAC atomically.
+
+Arrays are float32 of shape (n_channels, n_samples); mono signals are (n_samples,).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from karaoke.errors import AudioError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+
+
+def is_audio_file(name: str) -> bool:
+    return name.lower().endswith(AUDIO_EXTENSIONS)
+
+
+def _read_bytes(path: str) -> bytes:
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise AudioError(f"{path}: audio file not found") from None
+
+
+def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Decode `path` to float32 (n_channels, n_samples), resampled to `sample_rate` when given.
+
+    Raises `AudioError` naming the file when it is missing, corrupt, truncated, empty or non-finite.
+    Returns the audio and its sample rate (the requested one, or the file's own).
+    """
+    import soundfile as sf
+
+    path = str(path)
+    source: str | io.BytesIO = path if "://" not in path else io.BytesIO(_read_bytes(path))
+    if isinstance(source, str) and not os.path.exists(source):
+        raise AudioError(f"{path}: audio file not found")
+    try:
+        with sf.SoundFile(source) as handle:
+            file_rate, expected = handle.samplerate, handle.frames
+            data = handle.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC") from None
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: audio file is empty (0 samples)")
+    if 0 < expected < 2**62 and data.shape[0] < expected:
+        raise AudioError(
+            f"{path}: truncated audio: header promises {expected} samples, only {data.shape[0]} decode"
+        )
+    if not np.all(np.isfinite(data)):
+        raise AudioError(f"{path}: audio contains NaN or Inf samples")
+    audio = np.ascontiguousarray(data.T)
+    if sample_rate is not None and sample_rate != file_rate:
+        audio = resample(audio, file_rate, sample_rate)
+        file_rate = sample_rate
+    return audio, file_rate
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample (n_channels, n_samples) or (n_samples,) audio with soxr's high-quality filter."""
+    import soxr
+
+    if from_rate == to_rate:
+        return audio
+    out = soxr.resample(np.asarray(audio, dtype=np.float32).T, from_rate, to_rate, quality="HQ")
+    return np.ascontiguousarray(out.T, dtype=np.float32)
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """Average the channels of (n_channels, n_samples) audio into (n_samples,)."""
+    return audio if audio.ndim == 1 else audio.mean(axis=0, dtype=np.float32)
+
+
+def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
+    """Write (n_samples,) or (n_channels, n_samples) audio; WAV as 32-bit float, FLAC as 24-bit PCM.
+
+    The file appears complete or not at all: it is written beside the target and renamed.
+    FLAC cannot hold samples beyond [-1, 1]; such audio is refused rather than clipped.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    audio = np.asarray(audio, dtype=np.float32)
+    ext = path.suffix.lower()
+    if ext == ".wav":
+        fmt, subtype = "WAV", "FLOAT"
+    elif ext == ".flac":
+        fmt, subtype = "FLAC", "PCM_24"
+        if np.abs(audio).max(initial=0.0) > 1.0:
+            raise AudioError(f"{path}: samples exceed [-1, 1]; FLAC would clip them, write .wav instead")
+    else:
+        raise AudioError(f"{path}: unsupported output format {ext!r}; use .wav or .flac")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    sf.write(tmp, audio.T, sample_rate, format=fmt, subtype=subtype)
+    os.replace(tmp, path)

@@ -1,0 +1,74 @@
+"""`karaoke` command line. Heavy imports live inside the commands so that `--help` is instant."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from karaoke.errors import KaraokeError
+
+
+class _Group(click.Group):
+    """Prints a `KaraokeError` as one line (it names the file or key and the fix) and exits 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KaraokeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Deep Karaoke: separate vocals from music with a mask-predicting DNN (Simpson et al. 2015)."""
+
+
+config_option = click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Experiment YAML (see configs/)."
+)
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. train.epochs=3."
+)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--songs", default=12, show_default=True, help="Number of songs.")
+@click.option("--seed", default=0, show_default=True, help="Seed: the same seed gives the same songs.")
+@click.option("--seconds", default=20.0, show_default=True, help="Length of each song.")
+@click.option("--sample-rate", default=16000, show_default=True, help="Sample rate of the stems.")
+def synth(out: str, songs: int, seed: int, seconds: float, sample_rate: int) -> None:
+    """Write a deterministic synthetic multitrack corpus (a stems folder) to OUT."""
+    from karaoke.corpora.synth import write_synth_corpus
+
+    write_synth_corpus(out, songs, seed, seconds, sample_rate, progress=True)
+    click.echo(f"wrote {songs} songs to {out}")
+
+
+@main.command()
+@config_option
+@set_option
+@click.option("--out", "run_dir", default=None, help="Run directory (default runs/<config name>).")
+def run(config_path: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
+    """Run the experiment of a config end to end into one run directory."""
+    from pipelines.run import run_experiment
+
+    run_experiment(config_path, overrides, run_dir)
+
+
+@main.command("check-config")
+@config_option
+@set_option
+def check_config(config_path: str, overrides: tuple[str, ...]) -> None:
+    """Validate a config and print it resolved (all defaults filled in)."""
+    import yaml
+
+    from karaoke.config import config_to_dict, load_config
+
+    click.echo(yaml.safe_dump(config_to_dict(load_config(config_path, overrides)), sort_keys=False))
+
+
+if __name__ == "__main__":
+    main()

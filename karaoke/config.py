@@ -1,0 +1,228 @@
+"""Experiment configuration: frozen dataclasses loaded from YAML and validated.
+
+Every section has the paper's values as defaults (Simpson, Roma, Plumbley 2015), so an empty YAML
+file describes the paper's experiment; `configs/*.yaml` override what differs. Validation is done by
+pydantic: unknown keys, wrong types and impossible values are a `ConfigError` naming the file and key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import Field
+from pydantic.dataclasses import dataclass
+
+from karaoke.errors import ConfigError
+
+_STRICT = pydantic.ConfigDict(extra="forbid")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+Alpha = Annotated[float, Field(gt=0, lt=1)]
+
+Layout = Literal["synth", "stems", "musdb", "medleydb", "mir1k"]
+Split = Literal["train", "valid", "test"]
+
+
+@dataclass(frozen=True, config=_STRICT)
+class CorpusConfig:
+    """Where the songs come from and how their stems become a mixture.
+
+    `mixing: paper` peak-normalises every stem, sums them into a vocal and an accompaniment signal,
+    peak-normalises each and adds them (Sec. 3 of the paper); `mixing: sum` adds the stems as they are
+    (the MIR-1K convention of an equal-level mix of the two channels).
+    """
+
+    layout: Layout = "synth"
+    root: str = "corpus"
+    sample_rate: PositiveInt = 44100
+    mixing: Literal["paper", "sum"] = "paper"
+    # Layouts without split folders (medleydb, stems without train/test) hold out these fractions,
+    # chosen by a hash of the song id so that adding songs never moves an existing one.
+    valid_fraction: Fraction = 0.0
+    test_fraction: Fraction = 0.3
+    # MIR-1K splits by singer: these singers train, `valid_singers` validate, the rest test.
+    train_singers: tuple[str, ...] = ("abjones", "amy")
+    valid_singers: tuple[str, ...] = ("Ani", "annar", "ariel", "bobon")
+    # The synthetic corpus is generated into `root` when it does not exist yet.
+    synth_songs: PositiveInt = 12
+    synth_seconds: PositiveFloat = 20.0
+    synth_seed: int = 0
+
+
+@dataclass(frozen=True, config=_STRICT)
+class StftConfig:
+    """Short-time Fourier transform: 2048-point Hann windows every 512 samples give 1025 bins."""
+
+    n_fft: Annotated[int, Field(ge=16)] = 2048
+    hop_length: PositiveInt = 512
+
+    @property
+    def n_bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    def __post_init__(self) -> None:
+        if self.hop_length > self.n_fft:
+            raise ValueError(f"stft.hop_length ({self.hop_length}) must not exceed stft.n_fft ({self.n_fft})")
+
+
+@dataclass(frozen=True, config=_STRICT)
+class WindowConfig:
+    """The network sees `n_frames` consecutive frames; training windows start every `train_hop` frames."""
+
+    n_frames: PositiveInt = 20
+    train_hop: PositiveInt = 60
+
+
+@dataclass(frozen=True, config=_STRICT)
+class DnnConfig:
+    """Mask network: n_bins*n_frames -> hidden layers with sigmoid(x - bias_offset) -> sigmoid output.
+
+    The paper's network has one hidden layer as wide as its input (20500 -> 20500 -> 20500).
+    `hidden_sizes: []` means "as wide as the input", so the default is the paper's size at any STFT.
+    """
+
+    hidden_sizes: tuple[PositiveInt, ...] = ()
+    n_hidden_layers: PositiveInt = 1
+    bias_offset: float = 6.0
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TrainConfig:
+    """The authors' recipe: squared error, SGD lr 0.1, momentum 0.5, batch 100, 100 epochs."""
+
+    loss: Literal["mse", "bce"] = "mse"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: PositiveFloat = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    batch_size: PositiveInt = 100
+    epochs: PositiveInt = 100
+    num_workers: PositiveInt = 1
+    use_gpu: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True, config=_STRICT)
+class NmfConfig:
+    """KL-divergence NMF baseline: `n_components` bases per class (1500 in the paper)."""
+
+    n_components: PositiveInt = 1500
+    train_iterations: PositiveInt = 200
+    test_iterations: PositiveInt = 100
+    num_workers: PositiveInt = 1
+    seed: int = 0
+
+
+def _default_alphas() -> tuple[float, ...]:
+    return tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
+
+
+@dataclass(frozen=True, config=_STRICT)
+class EvaluationConfig:
+    """BSS-EVAL scoring: the alpha grid swept, the alpha reported, and the split scored."""
+
+    alphas: tuple[Alpha, ...] = Field(default_factory=_default_alphas)
+    alpha: Alpha = 0.5
+    split: Split = "test"
+
+
+@dataclass(frozen=True, config=_STRICT)
+class ExperimentConfig:
+    name: str = "paper"
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    stft: StftConfig = Field(default_factory=StftConfig)
+    windows: WindowConfig = Field(default_factory=WindowConfig)
+    dnn: DnnConfig = Field(default_factory=DnnConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    nmf: NmfConfig = Field(default_factory=NmfConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @property
+    def n_inputs(self) -> int:
+        """Length of an unpacked window: n_bins * n_frames (20500 at paper size)."""
+        return self.stft.n_bins * self.windows.n_frames
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        return self.dnn.hidden_sizes or (self.n_inputs,) * self.dnn.n_hidden_layers
+
+
+_ADAPTER = pydantic.TypeAdapter(ExperimentConfig)
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
+    """Validate a nested dict (as read from YAML) into an `ExperimentConfig`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config is a mapping of sections, got {type(data).__name__}")
+    try:
+        return _ADAPTER.validate_python(data)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"]) or "<top>"
+            unknown = err["type"] in ("extra_forbidden", "unexpected_keyword_argument")
+            msg = "unknown key" if unknown else err["msg"]
+            if "input" in err and not unknown:
+                msg += f" (got {err['input']!r})"
+            problems.append(f"{key}: {msg}")
+        raise ConfigError(f"{source}: invalid config: " + "; ".join(problems)) from None
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """Plain JSON/YAML-safe dict; `config_from_dict(config_to_dict(c)) == c`."""
+    return _ADAPTER.dump_python(config, mode="json")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a nested config dict."""
+    import yaml
+
+    data = json.loads(json.dumps(data or {}))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected section.key=value, e.g. train.epochs=3")
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read a YAML config, apply `key=value` overrides and validate it."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (see configs/ for examples)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return config_from_dict(apply_overrides(data, overrides), source=str(path))
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (it is saved beside every output)."""
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def config_digest(config: ExperimentConfig, *sections: str) -> str:
+    """Short stable hash of some config sections, used to tell outputs of other configs apart."""
+    data = config_to_dict(config)
+    picked = {name: data[name] for name in sections} if sections else data
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
