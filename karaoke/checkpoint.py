@@ -1,0 +1,99 @@
+"""Safe checkpoints: tensors in safetensors (no pickle, nothing executed on load) plus a JSON card
+holding the model kind, the resolved config and the SHA-256 of the tensor file.
+
+A checkpoint is a folder:
+    model.safetensors   the tensors
+    checkpoint.json     {"kind", "config", "sha256", "format", ...extra}
+Loading refuses a folder whose tensors do not match their recorded digest (tampered or truncated),
+a pickle file, a checkpoint of another kind, and one whose model-defining config sections differ
+from the caller's, each with a `CheckpointError` naming the path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from karaoke.config import ExperimentConfig, config_digest, config_from_dict, config_to_dict
+from karaoke.errors import CheckpointError
+
+FORMAT = "karaoke-checkpoint/1"
+TENSORS = "model.safetensors"
+CARD = "checkpoint.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(
+    directory: str | Path, tensors: dict[str, Any], config: ExperimentConfig, kind: str, **extra: Any
+) -> Path:
+    """Write `tensors` (name -> torch.Tensor) and the card; the card is written last (atomically),
+    so a folder without a card is an unfinished checkpoint."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensor_path = directory / TENSORS
+    tmp = directory / f".{TENSORS}.partial"
+    save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, str(tmp))
+    os.replace(tmp, tensor_path)
+    card = {"format": FORMAT, "kind": kind, "sha256": _sha256(tensor_path), "config": config_to_dict(config), **extra}
+    tmp_card = directory / f".{CARD}.partial"
+    tmp_card.write_text(json.dumps(card, indent=2))
+    os.replace(tmp_card, directory / CARD)
+    return directory
+
+
+def load_checkpoint(
+    directory: str | Path,
+    kind: str,
+    config: ExperimentConfig | None = None,
+    sections: tuple[str, ...] = (),
+    device: str = "cpu",
+) -> tuple[dict[str, Any], ExperimentConfig, dict[str, Any]]:
+    """Load and verify a checkpoint folder: returns (tensors, its config, its card).
+
+    When `config` is given, the checkpoint's `sections` of the config (e.g. ("stft", "windows", "dnn"))
+    must equal the caller's, or the weights would not fit the model built from it.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if directory.is_file():
+        raise CheckpointError(
+            f"{directory}: expected a checkpoint folder with {CARD} and {TENSORS}; pickled .pt/.pth files "
+            "are refused because loading them can execute code"
+        )
+    card_path, tensor_path = directory / CARD, directory / TENSORS
+    if not card_path.is_file() or not tensor_path.is_file():
+        raise CheckpointError(f"{directory}: not a checkpoint (missing {CARD} or {TENSORS}); was training interrupted?")
+    try:
+        card = json.loads(card_path.read_text())
+        stored_config = config_from_dict(card["config"], source=str(card_path))
+        expected_digest, stored_kind = card["sha256"], card["kind"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{card_path}: unreadable checkpoint card ({exc!r})") from None
+    if stored_kind != kind:
+        raise CheckpointError(f"{directory}: this is a {stored_kind!r} checkpoint, a {kind!r} one is needed")
+    if _sha256(tensor_path) != expected_digest:
+        raise CheckpointError(f"{tensor_path}: contents do not match the digest in {CARD} (tampered or truncated)")
+    if config is not None and sections:
+        if config_digest(config, *sections) != config_digest(stored_config, *sections):
+            ours, theirs = config_to_dict(config), config_to_dict(stored_config)
+            diffs = [f"{s}: checkpoint {theirs[s]} vs config {ours[s]}" for s in sections if ours[s] != theirs[s]]
+            raise CheckpointError(f"{directory}: checkpoint was trained with another config ({'; '.join(diffs)})")
+    try:
+        tensors = load_file(str(tensor_path), device=device)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{tensor_path}: not a valid safetensors file ({exc})") from None
+    return tensors, stored_config, card

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real audio in ../shared/data, a small synthetic corpus, small configs, and
+one local Ray cluster for the whole session (started only by tests that ask for it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("KARAOKE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real audio not found at {path} (the ../shared/data folder beside the checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mir1k_root() -> Path:
+    """The MIR-1K subset (folder holding Wavfile/)."""
+    return _need(SHARED_DATA / "mir1k")
+
+
+@pytest.fixture(scope="session")
+def musdb_root() -> Path:
+    """One MUSDB18 excerpt: musdb-sample/<song>/{mixture,drums,bass,other,vocals}.flac."""
+    return _need(SHARED_DATA / "musdb-sample")
+
+
+def small_config_dict(corpus_root: str, **sections) -> dict:
+    """A tiny but complete experiment config: 16 kHz, 512-point STFT (257 bins), narrow DNN."""
+    config = {
+        "name": "test",
+        "corpus": {"layout": "synth", "root": corpus_root, "sample_rate": 16000, "synth_songs": 5, "synth_seconds": 6},
+        "stft": {"n_fft": 512, "hop_length": 128},
+        "windows": {"n_frames": 20, "train_hop": 60},
+        "dnn": {"hidden_sizes": [64]},
+        "train": {"epochs": 2, "batch_size": 16, "num_workers": 1},
+        "nmf": {"n_components": 8, "train_iterations": 10, "test_iterations": 10},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    return config
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A 5-song synthetic corpus (4 train, 1 test), 6 s each at 16 kHz, written once per session."""
+    from karaoke.corpora.synth import write_synth_corpus
+
+    return write_synth_corpus(tmp_path_factory.mktemp("synth"), n_songs=5, seed=0, seconds=6.0, sample_rate=16000)
+
+
+@pytest.fixture(scope="session")
+def small_config(synth_root):
+    from karaoke.config import config_from_dict
+
+    return config_from_dict(small_config_dict(str(synth_root)))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray cluster for the session. Never `ray stop --force`: it kills every Ray on the machine."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
