@@ -70,5 +70,38 @@ def check_config(config_path: str, overrides: tuple[str, ...]) -> None:
     click.echo(yaml.safe_dump(config_to_dict(load_config(config_path, overrides)), sort_keys=False))
 
 
+@main.group()
+def train() -> None:
+    """Train a separation model on a prepared dataset."""
+
+
+@train.command("dnn")
+@config_option
+@set_option
+@click.option("--data", "dataset", required=True, help="Prepared dataset (folder or s3:// URL, see `pipelines.prepare`).")
+@click.option("--out", "run_dir", required=True, help="Run directory for checkpoints and metrics (folder or s3:// URL).")
+@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+def train_dnn_command(config_path: str, overrides: tuple[str, ...], dataset: str, run_dir: str, resume: bool) -> None:
+    """Train the paper's mask DNN data-parallel on Ray Train; a checkpoint every epoch."""
+    from pipelines.train_dnn import train_dnn
+
+    result = train_dnn(config_path, overrides, dataset, run_dir, resume=resume)
+    click.echo(f"last checkpoint: {result.checkpoint_path}  metrics: {result.metrics}")
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True), help="DNN checkpoint folder.")
+@click.option("--alpha", default=0.5, show_default=True, type=float, help="Mask threshold of Eq. 2, in (0, 1).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--chunk-seconds", default=30.0, show_default=True, help="Audio processed at once (bounds memory).")
+def separate(inputs: tuple[str, ...], model_dir: str, alpha: float, out_dir: str, chunk_seconds: float) -> None:
+    """Separate audio files (or folders of them) into OUT/<name>/vocals.wav and accompaniment.wav."""
+    from karaoke.separate import separate_files
+
+    for path in separate_files(inputs, model_dir, alpha, out_dir, chunk_seconds=chunk_seconds, progress=True):
+        click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()
