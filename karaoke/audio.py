@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,16 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.nda
         with sf.SoundFile(source) as handle:
             file_rate, expected = handle.samplerate, handle.frames
             data = handle.read(dtype="float32", always_2d=True)
+            # libsndfile quietly shortens a WAV whose data chunk is cut off; its header log says so.
+            cut = re.search(r"^data\s*:\s*(\d+) \(should be (\d+)\)", handle.extra_info, re.MULTILINE)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC") from None
     if data.shape[0] == 0:
         raise AudioError(f"{path}: audio file is empty (0 samples)")
+    if cut and int(cut.group(2)) < int(cut.group(1)):
+        raise AudioError(
+            f"{path}: truncated audio: the header promises {cut.group(1)} data bytes, the file holds {cut.group(2)}"
+        )
     if 0 < expected < 2**62 and data.shape[0] < expected:
         raise AudioError(
             f"{path}: truncated audio: header promises {expected} samples, only {data.shape[0]} decode"
