@@ -1,0 +1,1 @@
+"""Models with learned weights: the paper's mask DNN (`karaoke.models.dnn`)."""

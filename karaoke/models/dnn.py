@@ -1,0 +1,233 @@
+"""The paper's mask network and its training epoch (Simpson, Roma, Plumbley 2015, Sec. 2).
+
+A window of T consecutive mixture-magnitude frames (n_bins, T), unpacked bin-major to
+n_inputs = n_bins * T values, goes through hidden layers h = sigmoid(W x + c - b) with the fixed
+offset b = `dnn.bias_offset` (6 in the paper) on top of the learned per-unit biases c, and an output
+layer y = sigmoid(W h + c) of n_inputs values: the predicted ideal binary mask of the window.
+
+`train_epoch` and `evaluate` take any iterable of batches (dicts with "mixture" and "ibm", each
+(batch, n_bins, T)), so a Ray Train worker and a unit test run the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from karaoke.checkpoint import load_checkpoint, save_checkpoint
+from karaoke.config import ExperimentConfig, TrainConfig
+from karaoke.errors import KaraokeError
+
+KIND = "dnn"
+# The config sections that define the network's shape: a checkpoint fits only a config equal in these.
+MODEL_SECTIONS = ("stft", "windows", "dnn")
+OPTIMIZER_PREFIX = "optimizer."
+
+Batch = Mapping[str, Any]
+
+
+class TrainingError(KaraokeError, RuntimeError):
+    """Training diverged (a NaN or infinite loss); nothing of the diverged model is saved."""
+
+
+class BiasedSigmoid(nn.Module):
+    """f(x) = sigmoid(x - offset): with offset 6 a unit is nearly off until its input is large."""
+
+    def __init__(self, offset: float) -> None:
+        super().__init__()
+        self.offset = float(offset)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x - self.offset)
+
+    def extra_repr(self) -> str:
+        return f"offset={self.offset}"
+
+
+class MaskDNN(nn.Module):
+    """Mixture-magnitude window (batch, n_bins, T) -> vocal probability per bin (batch, n_bins, T)."""
+
+    def __init__(self, n_bins: int, n_frames: int, hidden_sizes: tuple[int, ...], bias_offset: float) -> None:
+        super().__init__()
+        self.n_bins, self.n_frames = n_bins, n_frames
+        n_inputs = n_bins * n_frames
+        layers: list[nn.Module] = []
+        width = n_inputs
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, size), BiasedSigmoid(bias_offset)]
+            width = size
+        # Output layer: plain sigmoid (offset 0), one probability per input value.
+        layers += [nn.Linear(width, n_inputs), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def logits(self, windows: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid output (batch, n_bins, T); the BCE loss uses it for numerical stability."""
+        # unpack: (batch, n_bins, T) -> (batch, n_bins * T), bin-major as `window.reshape(-1)`
+        x = windows.reshape(windows.shape[0], -1)
+        x = self.net[:-1](x)
+        return x.reshape(-1, self.n_bins, self.n_frames)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(windows))
+
+
+def build_model(config: ExperimentConfig) -> MaskDNN:
+    """The network of a config: n_inputs -> `config.hidden_sizes` -> n_inputs."""
+    return MaskDNN(config.stft.n_bins, config.windows.n_frames, config.hidden_sizes, config.dnn.bias_offset)
+
+
+def make_loss(train_cfg: TrainConfig) -> Callable[[MaskDNN, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """loss(model, mixture, ibm) -> (mean loss over bins, probabilities); "mse" is the authors' squared
+    error on the sigmoid output, "bce" the binary cross-entropy (computed from logits)."""
+
+    def mse(model: MaskDNN, mixture: torch.Tensor, ibm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prob = torch.sigmoid(_unwrap(model).logits(mixture).float())
+        return nn.functional.mse_loss(prob, ibm), prob
+
+    def bce(model: MaskDNN, mixture: torch.Tensor, ibm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = _unwrap(model).logits(mixture).float()
+        return nn.functional.binary_cross_entropy_with_logits(logits, ibm), torch.sigmoid(logits)
+
+    return {"mse": mse, "bce": bce}[train_cfg.loss]
+
+
+def _unwrap(model: nn.Module) -> MaskDNN:
+    """The MaskDNN inside a DistributedDataParallel wrapper (gradients still sync through `module`)."""
+    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
+
+
+def make_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the authors' lr 0.1, momentum 0.5) or Adam at `learning_rate`."""
+    if train_cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=train_cfg.learning_rate, momentum=train_cfg.momentum)
+    return torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device):
+    # bfloat16 autocast on GPU: half the memory traffic, and unlike float16 it needs no loss scaling.
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    mixture = torch.as_tensor(batch["mixture"]).to(device, non_blocking=True).float()
+    ibm = torch.as_tensor(batch["ibm"]).to(device, non_blocking=True).float()
+    return mixture, ibm
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """Window-weighted means over an epoch: loss and mask accuracy (p > 0.5 agrees with the IBM)."""
+
+    loss: float
+    accuracy: float
+    n_windows: int
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable,
+    device: torch.device | None = None,
+) -> EpochStats:
+    """One pass of minibatch training over `batches`; raises `TrainingError` on a non-finite loss
+    before the optimizer step, so the weights never take a NaN update."""
+    device = device or pick_device()
+    model.train()
+    total_loss = total_correct = 0.0
+    n_windows = n_bins = 0
+    for step, batch in enumerate(batches):
+        mixture, ibm = _to_device(batch, device)
+        with _autocast(device):
+            loss, prob = loss_fn(model, mixture, ibm)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at batch {step}; lower train.learning_rate or use train.loss=bce"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = mixture.shape[0]
+        total_loss += loss.item() * n
+        total_correct += ((prob.detach() > 0.5) == (ibm > 0.5)).sum().item()
+        n_windows += n
+        n_bins += ibm.numel()
+    return EpochStats(total_loss / max(n_windows, 1), total_correct / max(n_bins, 1), n_windows)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: Callable, device: torch.device | None = None) -> EpochStats:
+    """Loss and mask accuracy on held-out batches, without updating the model."""
+    device = device or pick_device()
+    model.eval()
+    total_loss = total_correct = 0.0
+    n_windows = n_bins = 0
+    for batch in batches:
+        mixture, ibm = _to_device(batch, device)
+        with _autocast(device):
+            loss, prob = loss_fn(model, mixture, ibm)
+        n = mixture.shape[0]
+        total_loss += loss.item() * n
+        total_correct += ((prob > 0.5) == (ibm > 0.5)).sum().item()
+        n_windows += n
+        n_bins += ibm.numel()
+    return EpochStats(total_loss / max(n_windows, 1) if n_windows else math.nan, total_correct / max(n_bins, 1), n_windows)
+
+
+def save_dnn(
+    directory: str | Path,
+    model: nn.Module,
+    config: ExperimentConfig,
+    epoch: int,
+    metrics: dict[str, float],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Path:
+    """Checkpoint folder (safetensors + card with the epoch and metrics); the optimizer's state (e.g.
+    SGD momentum buffers) is stored beside the weights so that a resumed run continues exactly."""
+    for name, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TrainingError(f"refusing to checkpoint epoch {epoch}: metric {name} is {value}")
+    tensors = dict(_unwrap(model).state_dict())
+    if optimizer is not None:
+        for index, state in optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                tensors[f"{OPTIMIZER_PREFIX}{index}.{key}"] = torch.as_tensor(value)
+    return save_checkpoint(directory, tensors, config, KIND, epoch=epoch, metrics=metrics)
+
+
+def load_dnn(
+    directory: str | Path, config: ExperimentConfig | None = None, device: str | torch.device = "cpu"
+) -> tuple[MaskDNN, ExperimentConfig, dict[str, Any]]:
+    """Rebuild the network of a checkpoint: returns (model in eval mode, its config, its card).
+
+    With `config`, a checkpoint trained with other stft/windows/dnn sections is a `CheckpointError`.
+    """
+    tensors, stored, card = load_checkpoint(directory, KIND, config, MODEL_SECTIONS)
+    model = build_model(stored)
+    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)})
+    return model.to(device).eval(), stored, card
+
+
+def restore_training(
+    directory: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, config: ExperimentConfig
+) -> dict[str, Any]:
+    """Load a checkpoint's weights and optimizer state into `model` and `optimizer` (resume); returns
+    the card, whose "epoch" is the last finished epoch."""
+    tensors, _, card = load_checkpoint(directory, KIND, config, MODEL_SECTIONS)
+    _unwrap(model).load_state_dict({k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(OPTIMIZER_PREFIX):
+            index, name = key[len(OPTIMIZER_PREFIX) :].split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    return card

@@ -1,0 +1,265 @@
+"""The NMF baseline: KL-divergence NMF (Lee & Seung multiplicative updates) on unpacked windows.
+
+Dimension names: a window is (n_bins, T) unpacked bin-major to D = n_bins * T values; a data matrix
+V is (S, D, N) (S independent problems batched, N windows as columns), bases W are (S, D, K) and
+activations H are (S, K, N).
+
+Training learns W_v from the vocal windows and W_nv from the accompaniment windows (S = 2). With
+R = V / (W H) the updates minimising D_KL(V || W H) = sum V log(V / WH) - V + WH are
+
+    H <- H * (W^T R) / (W^T 1)          W <- W * (R H^T) / (1 H^T)
+
+The W update's numerator R H^T and denominator H 1 are sums over columns, so workers that each hold
+a shard of the columns (and that shard's H) sum them with an allreduce and all apply the same W
+update: distributed NMF equals single-process NMF. For that to hold from the first iteration, W
+starts from a seeded generator and each column of H from a hash of (seed, source, column key), so the
+initial values do not depend on how the columns are sharded.
+
+Test time: W = [W_v W_nv] fixed, H updated by the same rule on the hop-1 windows of the mixture, and
+the soft mask S_v = W_v H_v / (W_v H_v + W_nv H_nv) is averaged over overlapping windows (Eq. 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from karaoke.config import ExperimentConfig
+from karaoke.errors import CheckpointError
+from karaoke.masks import pad_frames, sliding_windows
+from karaoke.mixing import MixedSong
+
+# Keeps W H and the update denominators away from 0 (silent input, dead bases) so nothing is NaN.
+EPS = 1e-10
+KIND = "nmf"
+SOURCES = ("vocals", "accompaniment")
+Allreduce = Callable[[torch.Tensor], None]
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def window_keys(song_ids: Sequence[str], start_frames: np.ndarray) -> np.ndarray:
+    """A stable uint64 key per training window (song id, start frame): seeds its column of H."""
+    song_hash = np.array(
+        [int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") for s in song_ids],
+        dtype=np.uint64,
+    )
+    return _splitmix64(song_hash ^ np.asarray(start_frames, dtype=np.uint64))
+
+
+def column_uniform(keys: np.ndarray, n_rows: int, seed: int, stream: int) -> torch.Tensor:
+    """(n_rows, len(keys)) values in [0.01, 1.01), each column a function of (seed, stream, key) only."""
+    salt = _splitmix64(np.array([(seed & 0xFFFFFFFF) << 32 | (stream & 0xFFFFFFFF)], dtype=np.uint64))
+    base = _splitmix64(np.asarray(keys, dtype=np.uint64) ^ salt)
+    with np.errstate(over="ignore"):
+        bits = _splitmix64(base[None, :] + np.arange(n_rows, dtype=np.uint64)[:, None])
+    return torch.from_numpy((bits >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24) + np.float32(0.01))
+
+
+def kl_h_step(
+    V: torch.Tensor, W: torch.Tensor, H: torch.Tensor, with_objective: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One H update with W fixed. V (S, D, N), W (S, D, K), H (S, K, N) -> (new H, partial KL (S,)).
+
+    The partial KL is sum(V log(V / WH) + WH) at the *incoming* W, H (float64; the caller subtracts
+    sum V, a constant), or None when `with_objective` is False.
+    """
+    eps = torch.tensor(EPS, dtype=V.dtype, device=V.device)
+    ratio = torch.baddbmm(eps, W, H)
+    torch.div(V, ratio, out=ratio)
+    objective = None
+    if with_objective:
+        # sum(WH) factorises as (1^T W)(H 1): no second pass over the (D, N) product.
+        model_sum = (W.sum(1, dtype=torch.float64) * H.sum(2, dtype=torch.float64)).sum(1)
+        objective = torch.xlogy(V, ratio).sum((1, 2), dtype=torch.float64) + model_sum
+    H = H * torch.bmm(W.transpose(1, 2), ratio) / (W.sum(1).unsqueeze(2) + EPS)
+    return H, objective
+
+
+def kl_w_statistics(V: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The W update's numerator (V / WH) H^T (S, D, K) and denominator H 1 (S, K): sums over columns."""
+    ratio = torch.baddbmm(torch.tensor(EPS, dtype=V.dtype, device=V.device), W, H)
+    torch.div(V, ratio, out=ratio)
+    return torch.bmm(ratio, H.transpose(1, 2)), H.sum(2)
+
+
+def kl_w_update(W: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """W * numerator / denominator for the (allreduced) statistics of `kl_w_statistics`."""
+    return W * numerator / (denominator.unsqueeze(1) + EPS)
+
+
+def init_bases(n_sources: int, n_inputs: int, n_components: int, seed: int, mean: torch.Tensor) -> torch.Tensor:
+    """Seeded W (S, D, K) scaled so that W H starts near the data's per-source mean (S,)."""
+    generator = torch.Generator().manual_seed(seed)
+    uniform = torch.rand(n_sources, n_inputs, n_components, generator=generator) + 0.01
+    return uniform * (2 * (mean.cpu().float() / n_components).sqrt()).view(-1, 1, 1)
+
+
+def fit_nmf(
+    V: torch.Tensor,
+    keys: np.ndarray,
+    n_components: int,
+    iterations: int,
+    seed: int = 0,
+    W: torch.Tensor | None = None,
+    start_iteration: int = 0,
+    allreduce: Allreduce | None = None,
+    on_iteration: Callable[[int, torch.Tensor, np.ndarray], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray]]:
+    """Learn bases W (S, D, K) of data V (S, D, N) whose columns have uint64 `keys` (N,).
+
+    With `allreduce` (an in-place sum over workers, e.g. torch.distributed.all_reduce) V is this
+    worker's shard of the columns and the result equals the fit of all columns at once. `W` and
+    `start_iteration` resume a fit (H starts again from its seed). `on_iteration(i, W, kl)` is called
+    after each iteration with the KL divergence (S,) of all columns at the start of iteration i.
+    Returns (W, this shard's H (S, K, N), the KL per iteration).
+    """
+    n_sources, n_inputs, _ = V.shape
+    # Step 1. Global sums of V (for the initial scale); the local sum turns this shard's partial
+    # objective into its share of the KL, which is what workers add up.
+    local_sum = V.sum((1, 2), dtype=torch.float64)
+    totals = torch.cat([local_sum, torch.tensor([V.shape[2]], dtype=torch.float64, device=V.device)])
+    if allreduce is not None:
+        allreduce(totals)
+    mean = (totals[:n_sources] / (n_inputs * max(totals[n_sources].item(), 1.0))).clamp_min(EPS)
+    # Step 2. Seeded W, per-column seeded H.
+    if W is None:
+        W = init_bases(n_sources, n_inputs, n_components, seed, mean)
+    W = W.to(V.device, V.dtype)
+    h_scale = (2 * (mean / n_components).sqrt()).to(V.device, V.dtype).view(-1, 1, 1)
+    H = torch.stack([column_uniform(keys, n_components, seed, s) for s in range(n_sources)]).to(V.device) * h_scale
+    # Step 3. Alternate H and W updates; W statistics and the objective are summed over workers.
+    objectives = []
+    for iteration in range(start_iteration, iterations):
+        H, partial = kl_h_step(V, W, H)
+        numerator, denominator = kl_w_statistics(V, W, H)
+        kl = partial - local_sum
+        if allreduce is not None:
+            # One collective per iteration: the statistics and the objective packed together.
+            packed = torch.cat([numerator.flatten(), denominator.flatten(), kl.to(V.dtype)])
+            allreduce(packed)
+            n_num, n_den = numerator.numel(), denominator.numel()
+            numerator = packed[:n_num].view_as(numerator)
+            denominator = packed[n_num : n_num + n_den].view_as(denominator)
+            kl = packed[n_num + n_den :]
+        W = kl_w_update(W, numerator, denominator)
+        kl = kl.double().cpu().numpy()
+        objectives.append(kl)
+        if on_iteration is not None:
+            on_iteration(iteration, W, kl)
+    return W, H, objectives
+
+
+def unpack_windows(spec: np.ndarray, window_frames: int) -> np.ndarray:
+    """Hop-1 windows of (n_bins, n_frames) as columns: (n_bins * T, n_windows), bin-major."""
+    windows = sliding_windows(spec, window_frames)
+    return np.ascontiguousarray(windows.reshape(windows.shape[0], -1).T)
+
+
+def fit_activations(
+    V: torch.Tensor, W: torch.Tensor, iterations: int, seed: int, keys: np.ndarray, mean: float
+) -> torch.Tensor:
+    """H (K, N) for data V (D, N) and fixed bases W (D, K) by `iterations` KL updates.
+
+    Column n of the initial H depends only on (seed, keys[n]), so fitting in chunks of columns gives
+    the same H as fitting them all. `mean` is the data's mean, which sets the initial scale.
+    """
+    n_components = W.shape[1]
+    scale = mean / (n_components * max(float(W.mean()), EPS))
+    H = (column_uniform(keys, n_components, seed, stream=0).to(V.device, V.dtype) * (2 * scale)).unsqueeze(0)
+    V, W = V.unsqueeze(0), W.unsqueeze(0)
+    for _ in range(iterations):
+        H, _ = kl_h_step(V, W, H, with_objective=False)
+    return H[0]
+
+
+def nmf_vocal_probability(
+    mixture: np.ndarray,
+    W_v: torch.Tensor,
+    W_nv: torch.Tensor,
+    window_frames: int,
+    iterations: int,
+    seed: int = 0,
+    chunk_windows: int = 2048,
+) -> np.ndarray:
+    """Soft vocal mask (n_bins, n_frames) of a unit-scale mixture magnitude (n_bins, n_frames).
+
+    Each hop-1 window gets S_v = W_v H_v / (W_v H_v + W_nv H_nv) with H fitted for W = [W_v W_nv];
+    bin (f, t) takes the mean of the S_v of every window covering it (Eq. 1). Windows are fitted in
+    chunks of `chunk_windows` columns (on W's device) to bound memory; the result does not depend on it.
+    """
+    n_bins, n_frames = mixture.shape
+    if W_v.shape != W_nv.shape or W_v.shape[0] != n_bins * window_frames:
+        raise ValueError(
+            f"bases {tuple(W_v.shape)} / {tuple(W_nv.shape)} do not fit {n_bins} bins x {window_frames} frames"
+        )
+    device, n_components = W_v.device, W_v.shape[1]
+    W = torch.cat([W_v, W_nv], dim=1).float()
+    columns = unpack_windows(pad_frames(mixture.astype(np.float32, copy=False), window_frames), window_frames)
+    n_windows = columns.shape[1]
+    mean = float(columns.mean()) if columns.size else 0.0
+    total = torch.zeros(n_bins, n_windows + window_frames - 1, dtype=torch.float64, device=device)
+    for start in range(0, n_windows, chunk_windows):
+        V = torch.from_numpy(columns[:, start : start + chunk_windows]).to(device)
+        keys = np.arange(start, start + V.shape[1], dtype=np.uint64)
+        H = fit_activations(V, W, iterations, seed, keys, max(mean, EPS))
+        vocal = W_v.float() @ H[:n_components]
+        mask = vocal / (vocal + W_nv.float() @ H[n_components:] + EPS)
+        # Window i covers frames i .. i+T-1: add its frame `offset` to frame i + offset.
+        mask = mask.T.reshape(-1, n_bins, window_frames)
+        for offset in range(window_frames):
+            total[:, start + offset : start + offset + mask.shape[0]] += mask[:, :, offset].T
+    counts = np.convolve(np.ones(n_windows), np.ones(window_frames))
+    probability = (total.cpu().numpy() / counts).astype(np.float32)
+    return probability[:, :n_frames]
+
+
+def nmf_separate(
+    song: MixedSong, W_v: torch.Tensor, W_nv: torch.Tensor, config: ExperimentConfig, alpha: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vocals and accompaniment (n_samples,) of a song separated with NMF bases and alpha (Eq. 2)."""
+    from karaoke.features import song_features
+    from karaoke.separate import masks_to_audio
+
+    features = song_features(song, config)
+    probability = nmf_vocal_probability(
+        features.mixture, W_v, W_nv, config.windows.n_frames, config.nmf.test_iterations, config.nmf.seed
+    )
+    alpha = config.evaluation.alpha if alpha is None else alpha
+    return masks_to_audio(features.mixture_stft, probability, alpha, config.stft, len(song.mixture))
+
+
+def save_bases(directory: str | Path, W: torch.Tensor, config: ExperimentConfig, **extra) -> Path:
+    """Checkpoint (kind "nmf") of stacked bases W (2, D, K) = [W_v, W_nv]; `extra` goes on the card."""
+    from karaoke.checkpoint import save_checkpoint
+
+    tensors = {f"W_{source}": W[i] for i, source in enumerate(SOURCES)}
+    return save_checkpoint(directory, tensors, config, KIND, **extra)
+
+
+def load_bases(
+    directory: str | Path, config: ExperimentConfig, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(W_v (D, K), W_nv (D, K), card) of an NMF checkpoint made with the same STFT and windows."""
+    from karaoke.checkpoint import load_checkpoint
+
+    tensors, _, card = load_checkpoint(directory, KIND, config, ("stft", "windows"), device=device)
+    try:
+        W_v, W_nv = (tensors[f"W_{source}"] for source in SOURCES)
+    except KeyError as exc:
+        raise CheckpointError(f"{directory}: NMF checkpoint lacks tensor {exc}") from None
+    if W_v.shape != W_nv.shape or W_v.shape[0] != config.n_inputs:
+        raise CheckpointError(
+            f"{directory}: bases {tuple(W_v.shape)}/{tuple(W_nv.shape)} do not fit windows of {config.n_inputs} values"
+        )
+    return W_v, W_nv, card
