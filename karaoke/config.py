@@ -116,6 +116,11 @@ class NmfConfig:
     test_iterations: PositiveInt = 100
     num_workers: PositiveInt = 1
     seed: int = 0
+    # Ray Train: fractional CPUs leave room for the Parquet read tasks (whole CPUs deadlock on 2 cores).
+    cpus_per_worker: PositiveFloat = 0.5
+    use_gpu: bool = False
+    checkpoint_every: PositiveInt = 10
+    max_failures: Annotated[int, Field(ge=0)] = 1
 
 
 def _default_alphas() -> tuple[float, ...]:
