@@ -58,6 +58,18 @@ def run(config_path: str, overrides: tuple[str, ...], run_dir: str | None) -> No
     run_experiment(config_path, overrides, run_dir)
 
 
+@main.command()
+@config_option
+@set_option
+@click.option("--out", "dataset", required=True, help="Dataset folder to write: a local path or s3://bucket/prefix.")
+@click.option("--strict", is_flag=True, help="Stop at the first song that fails instead of recording it.")
+def prepare(config_path: str, overrides: tuple[str, ...], dataset: str, strict: bool) -> None:
+    """Prepare a corpus into Parquet shards with Ray Data; exit status = number of failed songs."""
+    from pipelines.prepare import run as run_prepare
+
+    sys.exit(run_prepare(config_path, overrides, dataset, strict))
+
+
 @main.command("check-config")
 @config_option
 @set_option

@@ -1,0 +1,154 @@
+"""Ray Data job: a corpus (local or s3://) into a prepared dataset of Parquet shards (local or s3://).
+
+    python -m pipelines.prepare --config configs/mir1k.yaml --out data/mir1k [--set k=v] [--strict]
+    karaoke prepare ...                       (the same command)
+
+One Ray Data pipeline: the songs still to do -> `map` (one song per task, in parallel): decode, mix,
+STFT, IBM, unit-scale normalisation, rows -> the song's own shard files -> a small status row each.
+Each task writes its song's shards itself (see `karaoke.dataset.prepare_song`) instead of handing
+rows to `write_parquet`: a song's windows never enter the object store, so memory is one song per
+worker whatever the corpus size, and a song's files appear atomically, so a rerun after a kill skips
+exactly the songs that are complete. The manifest is written last, by the driver.
+
+Credentials and endpoint for s3:// come from the environment (AWS_*); the driver forwards them to
+its tasks, which matters when the cluster was started before they were set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Exit statuses above this are taken by shells and signals.
+MAX_EXIT_STATUS = 100
+
+
+def _song_to_json(song) -> str:
+    return json.dumps(asdict(song))
+
+
+def _song_from_json(text: str):
+    from karaoke.corpora.base import Song, Stem
+
+    data = json.loads(text)
+    stems = {key: tuple(Stem(**stem) for stem in data[key]) for key in ("vocal_stems", "accompaniment_stems")}
+    return Song(data["song_id"], data["split"], error=data["error"], **stems)
+
+
+def _forwarded_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key.startswith("AWS_")}
+
+
+def _prepare_row(row: dict[str, Any], config_dict: dict, dataset: str) -> dict[str, Any]:
+    from karaoke.config import config_from_dict
+    from karaoke.dataset import prepare_song
+
+    status = prepare_song(_song_from_json(row["song"]), config_from_dict(config_dict), dataset)
+    return {"status": json.dumps(status)}
+
+
+def prepare_dataset(config, dataset: str, strict: bool = False) -> dict[str, Any]:
+    """Prepare every song of `config.corpus` into `dataset` and write its manifest; returns the manifest.
+
+    Songs whose shards are already there are skipped. A failed song is recorded and the job goes on,
+    unless `strict`, where the first failure raises `DatasetError` (and no manifest is written).
+    Needs a connected Ray (`ray.init()`); the Data progress bars are shown on a terminal only.
+    """
+    import ray
+
+    from karaoke.config import config_to_dict
+    from karaoke.corpora import list_songs
+    from karaoke.dataset import DatasetError, done_songs, write_manifest
+
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    songs = list_songs(config.corpus)
+    statuses = done_songs(dataset, songs, config)
+    todo = [song for song in songs if song.song_id not in statuses]
+    log.info("%d songs, %d already prepared, %d to do", len(songs), len(statuses), len(todo))
+    if todo:
+        remote_args: dict[str, Any] = {"num_cpus": 1}
+        env = _forwarded_env()
+        if env:
+            remote_args["runtime_env"] = {"env_vars": env}
+        items = [{"song": _song_to_json(song)} for song in todo]
+        results = ray.data.from_items(items, override_num_blocks=len(items)).map(
+            _prepare_row, fn_kwargs={"config_dict": config_to_dict(config), "dataset": dataset}, **remote_args
+        )
+        for row in results.iter_rows():
+            status = json.loads(row["status"])
+            if status["status"] != "ok":
+                if strict:
+                    raise DatasetError(f"{status['song_id']}: {status['reason']} (--strict stops at the first failure)")
+                log.warning("song %s failed: %s", status["song_id"], status["reason"])
+            statuses[status["song_id"]] = status
+    return write_manifest(dataset, config, list(statuses.values()))
+
+
+def summary_line(manifest: dict[str, Any], seconds: float) -> str:
+    """One line: songs ok/failed, windows, hours of audio, wall seconds."""
+    splits = manifest["splits"].values()
+    ok = sum(s["songs"] for s in splits)
+    windows = sum(s["windows"] for s in splits)
+    hours = sum(s["seconds"] for s in splits) / 3600
+    return (
+        f"prepared {ok} songs ok, {manifest['failed']} failed; {windows} windows; "
+        f"{hours:.2f} h of audio; {seconds:.1f} s"
+    )
+
+
+def read_windows_dataset(dataset: str, split: str):
+    """A split's training windows as a `ray.data.Dataset` whose tensor columns have shape (n_bins, T).
+
+    Reads only the shards listed in the manifest, so files of an unfinished rerun are never seen.
+    """
+    import ray
+
+    from karaoke.dataset import DatasetError, split_files
+
+    files = split_files(dataset, split)
+    if not files:
+        raise DatasetError(f"{dataset}: split {split!r} has no training windows (see manifest.json)")
+    filesystem = None
+    if "://" in str(dataset) and not str(dataset).startswith("file://"):
+        import pyarrow.fs
+
+        # Resolved here from the driver's environment, so read tasks need no credentials of their own.
+        filesystem, _ = pyarrow.fs.FileSystem.from_uri(str(dataset))
+        files = [f.split("://", 1)[1] for f in files]
+    return ray.data.read_parquet(files, filesystem=filesystem)
+
+
+def run(config_path: str, overrides: tuple[str, ...], dataset: str, strict: bool = False) -> int:
+    """The command: load the config, prepare, print the summary; returns the exit status."""
+    import ray
+
+    from karaoke.config import load_config
+
+    config = load_config(config_path, overrides)
+    if not ray.is_initialized():
+        ray.init()
+    start = time.perf_counter()
+    manifest = prepare_dataset(config, dataset, strict=strict)
+    print(summary_line(manifest, time.perf_counter() - start))
+    for song in manifest["songs"]:
+        if song["status"] != "ok":
+            print(f"failed: {song['song_id']}: {song['reason']}")
+    return min(manifest["failed"], MAX_EXIT_STATUS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from karaoke.cli import main as cli
+
+    # Through the CLI group, so that a `KaraokeError` prints as one line as it does for `karaoke prepare`.
+    cli.main(args=["prepare", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m pipelines")
+
+
+if __name__ == "__main__":
+    main()
