@@ -173,26 +173,34 @@ def prepare_song(song: Song, config: ExperimentConfig, dataset: str) -> dict[str
 def done_songs(dataset: str, songs: list[Song], config: ExperimentConfig) -> dict[str, dict[str, Any]]:
     """Statuses of the `songs` whose shards are already in `dataset` (read from their metadata).
 
-    Raises `DatasetError` when a shard was made with other corpus/stft/windows settings.
+    Also deletes the hidden `.partial` files a killed run left behind. Raises `DatasetError` when a
+    shard was made with other corpus/stft/windows settings.
     """
     import pyarrow.parquet as pq
 
     fs, root = open_fs(dataset)
     digest = config_digest(config, *DATA_SECTIONS)
     present: set[str] = set()
-    for split in SPLITS:
-        folder = posixpath.join(root, "windows", split)
-        if fs.isdir(folder):
-            present.update(posixpath.basename(p) for p in fs.ls(folder, detail=False))
+    for kind in ("windows", "songs"):
+        for split in SPLITS:
+            folder = posixpath.join(root, kind, split)
+            if not fs.isdir(folder):
+                continue
+            for path in fs.ls(folder, detail=False):
+                name = posixpath.basename(path)
+                if name.startswith(".") and name.endswith(".partial"):
+                    fs.rm(path)
+                elif kind == "windows":
+                    present.add(f"windows/{split}/{name}")
     done = {}
     for song in songs:
         relative = window_file(song.split, song.song_id)
-        if posixpath.basename(relative) not in present:
+        if relative not in present:
             continue
         path = posixpath.join(root, relative)
         with fs.open(path, "rb") as handle:
             status = json.loads(pq.read_metadata(handle).metadata[_META_KEY])
-        if status.get("config_digest") != digest or status.get("split") != song.split:
+        if status.get("config_digest") != digest:
             raise DatasetError(
                 f"{dataset}: {relative} was prepared with other corpus/stft/windows settings; "
                 "prepare into a new folder or delete this one"
