@@ -95,9 +95,10 @@ def train() -> None:
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
 def train_dnn_command(config_path: str, overrides: tuple[str, ...], dataset: str, run_dir: str, resume: bool) -> None:
     """Train the paper's mask DNN data-parallel on Ray Train; a checkpoint every epoch."""
+    from karaoke.config import load_config
     from pipelines.train_dnn import train_dnn
 
-    result = train_dnn(config_path, overrides, dataset, run_dir, resume=resume)
+    result = train_dnn(load_config(config_path, overrides), dataset, run_dir, resume=resume)
     click.echo(f"last checkpoint: {result.checkpoint_path}  metrics: {result.metrics}")
 
 

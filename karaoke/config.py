@@ -105,6 +105,11 @@ class TrainConfig:
     num_workers: PositiveInt = 1
     use_gpu: bool = False
     seed: int = 0
+    # Logical CPUs per Ray Train worker: below 1 on small machines, or the workers starve the Ray Data
+    # read tasks that feed them (they deadlock on a 2-core machine with 2 one-CPU workers).
+    cpus_per_worker: PositiveFloat = 0.5
+    # Worker-group restarts (each from the last checkpoint) before a run fails; -1 retries forever.
+    max_failures: Annotated[int, Field(ge=-1)] = 2
 
 
 @dataclass(frozen=True, config=_STRICT)
