@@ -102,6 +102,21 @@ def train_dnn_command(config_path: str, overrides: tuple[str, ...], dataset: str
     click.echo(f"last checkpoint: {result.checkpoint_path}  metrics: {result.metrics}")
 
 
+@train.command("nmf")
+@config_option
+@set_option
+@click.option("--data", "dataset", required=True, help="Prepared dataset (folder or s3:// URL, see `pipelines.prepare`).")
+@click.option("--out", "run_dir", required=True, help="Local run directory for the bases, objective and checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+def train_nmf_command(config_path: str, overrides: tuple[str, ...], dataset: str, run_dir: str, resume: bool) -> None:
+    """Learn the NMF baseline's vocal and accompaniment bases as distributed KL-NMF on Ray Train."""
+    from karaoke.config import load_config
+    from pipelines.train_nmf import train_nmf
+
+    bases = train_nmf(load_config(config_path, overrides), dataset, run_dir, resume=resume)
+    click.echo(f"NMF bases: {bases}  objective per iteration: {bases.parent / 'objective.json'}")
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True), help="DNN checkpoint folder.")
