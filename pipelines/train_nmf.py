@@ -1,0 +1,172 @@
+"""Ray Train job: the NMF baseline's bases learned as distributed KL-NMF.
+
+    python -m pipelines.train_nmf --config configs/demo.yaml --data DATASET --out RUN_DIR [--resume]
+    karaoke train nmf ...                     (the same command)
+
+Each worker holds a shard of the training windows (columns) and its own activations H; every
+iteration the workers allreduce the W update's numerator and denominator (gloo on CPU, NCCL on GPU),
+so all hold the same W and the fit equals single-process NMF (`karaoke.models.nmf.fit_nmf`). Rank 0
+checkpoints W and the iteration every `nmf.checkpoint_every` iterations; a failed worker group is
+restarted from the latest checkpoint (`nmf.max_failures`), and `--resume` continues a stopped run.
+
+RUN_DIR gets `config.yaml`, `bases/` (the final W, a `karaoke.checkpoint` folder of kind "nmf"),
+`objective.json` (KL divergence per iteration) and `ray/` (Ray Train's run storage). H is not
+checkpointed: a resumed fit starts H again from its seed, so the objective may step up once there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "nmf"
+COLUMNS = ["song_id", "start_frame", "vocals", "accompaniment"]
+
+
+def _load_shard(shard, n_inputs: int, device) -> tuple[Any, Any]:
+    """This worker's windows as V (2, D, N) float32 on `device`, and their column keys (N,)."""
+    import numpy as np
+    import torch
+
+    from karaoke.models.nmf import window_keys
+
+    vocals, accompaniment, keys = [], [], []
+    for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
+        n = len(batch["start_frame"])
+        vocals.append(batch["vocals"].reshape(n, n_inputs))
+        accompaniment.append(batch["accompaniment"].reshape(n, n_inputs))
+        keys.append(window_keys([str(s) for s in batch["song_id"]], batch["start_frame"]))
+    if not keys:
+        return torch.zeros(2, n_inputs, 0, device=device), np.zeros(0, dtype=np.uint64)
+    V = torch.stack([torch.from_numpy(np.concatenate(part)).to(device).float().T for part in (vocals, accompaniment)])
+    return V.contiguous(), np.concatenate(keys)
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Per worker: load the shard, resume W from the latest checkpoint, fit, report every iteration."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from karaoke.config import config_from_dict
+    from karaoke.models.nmf import fit_nmf, load_bases, save_bases
+
+    config = config_from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    V, keys = _load_shard(ray.train.get_dataset_shard("train"), config.n_inputs, device)
+
+    W, start, history = None, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            W_v, W_nv, card = load_bases(folder, config)
+        W, start, history = torch.stack([W_v, W_nv]), card["iteration"], card["objective"]
+    last = config.nmf.train_iterations
+
+    def report(iteration: int, W: torch.Tensor, kl) -> None:
+        history.append([float(v) for v in kl])
+        metrics = {"iteration": iteration + 1, "kl_vocals": history[-1][0], "kl_accompaniment": history[-1][1]}
+        due = (iteration + 1) % config.nmf.checkpoint_every == 0 or iteration + 1 == last
+        if not (due and rank == 0):
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as folder:
+            save_bases(folder, W, config, iteration=iteration + 1, objective=history)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    allreduce = dist.all_reduce if world_size > 1 else None
+    fit_nmf(V, keys, config.nmf.n_components, last, config.nmf.seed, W, start, allreduce, report)
+
+
+def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> Path:
+    """Fit the bases on a Ray Dataset of training windows into `run_dir`; returns `run_dir/bases`.
+
+    `train_ds` has `song_id`, `start_frame`, `vocals` and `accompaniment` (n_bins, T) columns (as
+    `pipelines.prepare.read_windows_dataset` gives). Needs a connected Ray.
+    """
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from karaoke.checkpoint import load_checkpoint
+    from karaoke.config import config_to_dict, save_config
+    from karaoke.errors import KaraokeError
+
+    run_dir = Path(run_dir).resolve()
+    storage = run_dir / "ray"
+    started = (storage / RUN_NAME).exists()
+    if started and not resume:
+        raise KaraokeError(f"{run_dir}: holds an NMF run already; pass --resume to continue it or choose another --out")
+    if resume and not started:
+        raise KaraokeError(f"{run_dir}: no NMF run to resume (nothing under {storage / RUN_NAME})")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+    save_config(config, run_dir / "config.yaml")
+    nmf = config.nmf
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": config_to_dict(config)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=nmf.num_workers, use_gpu=nmf.use_gpu, resources_per_worker={"CPU": nmf.cpus_per_worker}
+        ),
+        datasets={"train": train_ds.select_columns(COLUMNS)},
+        # Same name and storage: Train restores the run's latest checkpoint when it is started again.
+        run_config=ray.train.RunConfig(
+            name=RUN_NAME,
+            storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=nmf.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise KaraokeError(f"{storage / RUN_NAME}: training finished without a checkpoint")
+    # Copy, verify, then rename: a `bases/` folder is always a whole checkpoint.
+    partial = run_dir / ".bases.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    result.checkpoint.to_directory(str(partial))
+    _, _, card = load_checkpoint(partial, "nmf", config, ("stft", "windows"))
+    shutil.rmtree(run_dir / "bases", ignore_errors=True)
+    partial.rename(run_dir / "bases")
+    objective = [{"iteration": i + 1, "kl_vocals": v, "kl_accompaniment": a} for i, (v, a) in enumerate(card["objective"])]
+    (run_dir / ".objective.json.partial").write_text(json.dumps(objective, indent=1))
+    (run_dir / ".objective.json.partial").replace(run_dir / "objective.json")
+    return run_dir / "bases"
+
+
+def train_nmf(config, dataset: str, run_dir: str, resume: bool = False) -> Path:
+    """The command: read the dataset's train windows and fit; returns the bases folder."""
+    import os
+
+    import ray
+
+    from pipelines.prepare import read_windows_dataset
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if not ray.is_initialized():
+        ray.init()
+    start = time.perf_counter()
+    bases = fit_bases(config, read_windows_dataset(dataset, "train"), run_dir, resume=resume)
+    log.info("NMF bases in %s (%.1f s)", bases, time.perf_counter() - start)
+    return bases
+
+
+def main(argv: list[str] | None = None) -> None:
+    from karaoke.cli import train_nmf_command
+
+    train_nmf_command.main(args=argv, prog_name="python -m pipelines.train_nmf")
+
+
+if __name__ == "__main__":
+    main()
