@@ -190,9 +190,11 @@ def save_dnn(
     epoch: int,
     metrics: dict[str, float],
     optimizer: torch.optim.Optimizer | None = None,
+    **extra: Any,
 ) -> Path:
-    """Checkpoint folder (safetensors + card with the epoch and metrics); the optimizer's state (e.g.
-    SGD momentum buffers) is stored beside the weights so that a resumed run continues exactly."""
+    """Checkpoint folder (safetensors + card with the epoch, metrics and `extra`); the optimizer's
+    state (e.g. SGD momentum buffers) is stored beside the weights so that a resumed run continues
+    exactly. Non-finite metrics are a `TrainingError`: a diverged model is never saved."""
     for name, value in metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise TrainingError(f"refusing to checkpoint epoch {epoch}: metric {name} is {value}")
@@ -201,7 +203,7 @@ def save_dnn(
         for index, state in optimizer.state_dict()["state"].items():
             for key, value in state.items():
                 tensors[f"{OPTIMIZER_PREFIX}{index}.{key}"] = torch.as_tensor(value)
-    return save_checkpoint(directory, tensors, config, KIND, epoch=epoch, metrics=metrics)
+    return save_checkpoint(directory, tensors, config, KIND, epoch=epoch, metrics=metrics, **extra)
 
 
 def load_dnn(

@@ -1,0 +1,233 @@
+"""Ray Train job: the paper's mask DNN trained data-parallel on a prepared dataset.
+
+    python -m pipelines.train_dnn --config configs/demo.yaml --data DATASET --out RUN_DIR [--resume]
+    karaoke train dnn ...                      (the same command)
+
+A `TorchTrainer` runs `train_loop_per_worker` on `train.num_workers` workers (DDP; gloo on CPU,
+NCCL and bfloat16 autocast on GPU). Each worker reads its shard of the train windows with Ray Data
+(`get_dataset_shard("train")`, per-worker batch = global batch // world size) and of the valid
+windows for the per-epoch metrics (loss and mask accuracy, summed over workers with all_reduce).
+Rank 0 writes a checkpoint every epoch to RUN_DIR/epoch_NNNN (local or s3://): weights, optimizer
+state, the resolved config, the epoch and the metrics. A lost worker restarts the group from the last
+checkpoint (`FailureConfig`); `--resume` continues a finished or killed run from its last epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "epoch_"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    checkpoint_path: str | None
+    metrics: dict[str, Any]
+
+
+def _reduce(stats, device) -> tuple[float, float, int]:
+    """Window-weighted (loss, accuracy, windows) summed over all workers."""
+    import torch
+    import torch.distributed as dist
+
+    totals = torch.tensor(
+        [stats.loss * stats.n_windows, stats.accuracy, float(stats.n_windows)], dtype=torch.float64, device=device
+    )
+    # accuracy is a mean over this worker's bins; weight it by windows (every window has the same bins)
+    totals[1] *= stats.n_windows
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    n = int(totals[2].item())
+    return (totals[0] / max(n, 1)).item(), (totals[1] / max(n, 1)).item(), n
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker; takes only serialisable config (the resolved experiment config as a dict)."""
+    import tempfile
+    import time
+
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from karaoke.config import config_from_dict
+    from karaoke.models.dnn import build_model, evaluate, make_loss, make_optimizer, restore_training, save_dnn, train_epoch
+
+    config = config_from_dict(loop_config["config"])
+    context = ray.train.get_context()
+    world, rank = context.get_world_size(), context.get_world_rank()
+    # Ray gives a fractional-CPU worker one thread; share the node's cores between its workers instead.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
+    torch.manual_seed(config.train.seed)
+    device = ray.train.torch.get_device()
+
+    model = ray.train.torch.prepare_model(build_model(config))
+    optimizer = make_optimizer(model, config.train)
+    loss_fn = make_loss(config.train)
+
+    # Step 1. Resume: a restart inside this run (lost worker) wins over the checkpoint given by --resume.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])
+    first_epoch, history = 1, []
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            card = restore_training(directory, model, optimizer, config)
+        first_epoch, history = card["epoch"] + 1, card.get("history", [])
+
+    # Step 2. Epochs over this worker's shards.
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid") if loop_config["has_valid"] else None
+    batch_size = max(1, config.train.batch_size // world)
+    for epoch in range(first_epoch, config.train.epochs + 1):
+        start = time.perf_counter()
+        batches = train_shard.iter_torch_batches(
+            batch_size=batch_size, local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=config.train.seed + epoch
+        )
+        train_stats = train_epoch(model, batches, optimizer, loss_fn, device)
+        seconds = time.perf_counter() - start
+        loss, accuracy, windows = _reduce(train_stats, device)
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": loss,
+            "train_accuracy": accuracy,
+            "windows_per_second": windows / seconds,
+            "epoch_seconds": seconds,
+        }
+        if valid_shard is not None:
+            valid_stats = evaluate(model, valid_shard.iter_torch_batches(batch_size=batch_size), loss_fn, device)
+            metrics["valid_loss"], metrics["valid_accuracy"], _ = _reduce(valid_stats, device)
+        history.append(metrics)
+
+        # Step 3. Every rank reports; rank 0 alone attaches the checkpoint.
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as directory:
+                save_dnn(directory, model, config, epoch, metrics, optimizer, history=history)
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(directory),
+                    checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{epoch:04d}",
+                )
+        else:
+            ray.train.report(metrics)
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The last complete epoch checkpoint in a run directory (local or s3://), or None."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(run_dir)
+    cards = sorted(fs.glob(f"{root.rstrip('/')}/{CHECKPOINT_PREFIX}*/checkpoint.json"))
+    if not cards:
+        return None
+    folder = cards[-1].rsplit("/", 1)[0]
+    return folder if "://" not in run_dir else f"{run_dir.split('://', 1)[0]}://{folder}"
+
+
+def _check_dataset(config, dataset: str):
+    """The dataset's windows must have been cut with this config's STFT, windows and sample rate."""
+    from karaoke.config import config_digest
+    from karaoke.dataset import DatasetError, load_manifest, manifest_config
+
+    prepared = manifest_config(load_manifest(dataset))
+    same = config_digest(prepared, "stft", "windows") == config_digest(config, "stft", "windows")
+    if not same or prepared.corpus.sample_rate != config.corpus.sample_rate:
+        raise DatasetError(
+            f"{dataset}: prepared with stft {prepared.stft}, windows {prepared.windows} at "
+            f"{prepared.corpus.sample_rate} Hz, but the config has stft {config.stft}, windows {config.windows} at "
+            f"{config.corpus.sample_rate} Hz; prepare the dataset again with this config"
+        )
+
+
+def _save_run_config(config, run_dir: str) -> None:
+    import fsspec
+    import yaml
+
+    from karaoke.config import config_to_dict
+
+    fs, root = fsspec.core.url_to_fs(run_dir)
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(f"{root.rstrip('/')}/config.yaml", "w") as handle:
+        handle.write(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> TrainResult:
+    """Train on `dataset` into `run_dir`; returns the last checkpoint's path and metrics.
+
+    Connects to the running Ray cluster (or starts a local one). Raises `TrainingError` when the loss
+    diverges, and `CheckpointError` when `run_dir` holds checkpoints but `resume` is not set (or holds
+    none but it is), or when they come from another stft/windows/dnn config.
+    """
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from karaoke.config import config_to_dict
+    from karaoke.dataset import DatasetError
+    from karaoke.errors import CheckpointError
+    from karaoke.models.dnn import TrainingError
+    from pipelines.prepare import read_windows_dataset
+
+    _check_dataset(config, dataset)
+    if "://" not in run_dir:
+        run_dir = os.path.abspath(run_dir)
+    last = latest_checkpoint(run_dir)
+    if last and not resume:
+        raise CheckpointError(f"{run_dir}: already holds checkpoints (last {last}); pass --resume or choose another --out")
+    if resume and not last:
+        raise CheckpointError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
+    if not ray.is_initialized():
+        ray.init()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    _save_run_config(config, run_dir)
+
+    # Materialised once (float16, spilled to disk by Ray when large): every epoch then streams from
+    # the object store instead of re-reading and re-decoding the Parquet shards.
+    datasets = {"train": read_windows_dataset(dataset, "train").select_columns(["mixture", "ibm"]).materialize()}
+    try:
+        datasets["valid"] = read_windows_dataset(dataset, "valid").select_columns(["mixture", "ibm"]).materialize()
+    except DatasetError:
+        log.warning("%s has no validation windows; reporting training metrics only", dataset)
+    storage, name = run_dir.rstrip("/").rsplit("/", 1)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config_to_dict(config), "resume_from": last, "has_valid": "valid" in datasets},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.train.num_workers,
+            use_gpu=config.train.use_gpu,
+            resources_per_worker={"GPU": 1, "CPU": config.train.cpus_per_worker}
+            if config.train.use_gpu
+            else {"CPU": config.train.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+        ),
+        datasets=datasets,
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # a worker's TrainingError arrives wrapped in Ray's error with its traceback
+        found = re.search(r"TrainingError: (.+)", str(exc))
+        if found:
+            raise TrainingError(found.group(1).strip()) from None
+        raise
+    return TrainResult(result.checkpoint.path if result.checkpoint else None, dict(result.metrics or {}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from karaoke.cli import train_dnn_command
+
+    train_dnn_command.main(args=argv, prog_name="python -m pipelines.train_dnn")
+
+
+if __name__ == "__main__":
+    main()
