@@ -116,13 +116,26 @@ def read_windows_dataset(dataset: str, split: str):
     if not files:
         raise DatasetError(f"{dataset}: split {split!r} has no training windows (see manifest.json)")
     filesystem = None
-    if "://" in str(dataset) and not str(dataset).startswith("file://"):
-        import pyarrow.fs
-
-        # Resolved here from the driver's environment, so read tasks need no credentials of their own.
-        filesystem, _ = pyarrow.fs.FileSystem.from_uri(str(dataset))
+    if str(dataset).startswith("s3://"):
+        filesystem = _s3_filesystem()
         files = [f.split("://", 1)[1] for f in files]
     return ray.data.read_parquet(files, filesystem=filesystem)
+
+
+def _s3_filesystem():
+    """A pyarrow S3 filesystem with the driver's AWS_* settings spelled out, so that it travels to
+    read tasks in workers started before those variables were set; unset ones keep AWS's defaults."""
+    import pyarrow.fs
+
+    env = os.environ
+    options = {
+        "endpoint_override": env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
+        "access_key": env.get("AWS_ACCESS_KEY_ID"),
+        "secret_key": env.get("AWS_SECRET_ACCESS_KEY"),
+        "session_token": env.get("AWS_SESSION_TOKEN"),
+        "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+    }
+    return pyarrow.fs.S3FileSystem(**{key: value for key, value in options.items() if value})
 
 
 def run(config_path: str, overrides: tuple[str, ...], dataset: str, strict: bool = False) -> int:
