@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # Exit statuses above this are taken by shells and signals.
 MAX_EXIT_STATUS = 100
+BLOCKS_PER_CPU = 4
 
 
 def _song_to_json(song) -> str:
@@ -78,7 +79,10 @@ def prepare_dataset(config, dataset: str, strict: bool = False) -> dict[str, Any
         if env:
             remote_args["runtime_env"] = {"env_vars": env}
         items = [{"song": _song_to_json(song)} for song in todo]
-        results = ray.data.from_items(items, override_num_blocks=len(items)).map(
+        # A few blocks per CPU: a task per song costs more than a short clip's work, and one block
+        # per CPU would leave CPUs idle behind the slowest block.
+        n_blocks = min(len(items), BLOCKS_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1))))
+        results = ray.data.from_items(items, override_num_blocks=n_blocks).map(
             _prepare_row, fn_kwargs={"config_dict": config_to_dict(config), "dataset": dataset}, **remote_args
         )
         for row in results.iter_rows():

@@ -1,0 +1,169 @@
+"""Preparation throughput: the Ray Data job against a single-process loop doing the same work.
+
+    python benchmarks/prepare.py                       # MIR-1K subset in ../shared/data (345 clips)
+    python benchmarks/prepare.py --songs 100 --repeats 3
+    python benchmarks/prepare.py --layout synth --songs 24
+
+Both sides run `karaoke.dataset.prepare_song` (decode, mix, STFT, IBM, normalise, write shards) over
+the same songs into a fresh folder. The loop runs with one torch thread: it is the floor per core,
+as each Ray task also gets one CPU (Ray sets OMP_NUM_THREADS=1 for it). Printed: audio-seconds
+prepared per wall-second (median of the repeats) for each, their ratio, and the peak memory of the
+Ray job (driver plus every Ray process it started) on half of the songs and on all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _process_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, resident bytes) of every process, from /proc (Linux)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{entry}/status").read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        rss = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+        table[int(entry)] = (int(fields["PPid"]), rss)
+    return table
+
+
+class PeakMemory:
+    """Samples the summed RSS of this process and all its descendants (Ray's included) in a thread."""
+
+    def __init__(self, interval: float = 0.05):
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak = 0
+
+    def _sample(self) -> int:
+        table = _process_table()
+        tree, total, frontier = {os.getpid()}, 0, [os.getpid()]
+        while frontier:
+            parent = frontier.pop()
+            total += table.get(parent, (0, 0))[1]
+            children = [pid for pid, (ppid, _) in table.items() if ppid == parent and pid not in tree]
+            tree.update(children)
+            frontier.extend(children)
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, self._sample())
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak = self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def build_config(layout: str, songs: int, work: Path):
+    """The corpus config of the run: the first `songs` MIR-1K clips linked into `work`, or a synth corpus."""
+    import yaml
+
+    from karaoke.config import apply_overrides, config_from_dict
+
+    if layout == "mir1k":
+        source = REPO.parent / "shared" / "data" / "mir1k" / "Wavfile"
+        if not source.is_dir():
+            raise SystemExit(f"{source}: MIR-1K subset not found; use --layout synth")
+        clips = sorted(source.glob("*.flac"))[: songs or None]
+        (work / "mir1k" / "Wavfile").mkdir(parents=True)
+        for clip in clips:
+            os.symlink(clip, work / "mir1k" / "Wavfile" / clip.name)
+        data = yaml.safe_load((REPO / "configs" / "mir1k.yaml").read_text())
+        data = apply_overrides(data, [f"corpus.root={work / 'mir1k'}"])
+    else:
+        data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+        data = apply_overrides(data, [f"corpus.root={work / 'synth'}", f"corpus.synth_songs={songs or 24}"])
+    return config_from_dict(data)
+
+
+def loop_once(songs, config, out: str) -> float:
+    from karaoke.dataset import prepare_song, write_manifest
+
+    start = time.perf_counter()
+    statuses = [prepare_song(song, config, out) for song in songs]
+    write_manifest(out, config, statuses)
+    return time.perf_counter() - start
+
+
+def ray_once(config, out: str) -> tuple[float, int]:
+    from pipelines.prepare import prepare_dataset
+
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        prepare_dataset(config, out)
+        seconds = time.perf_counter() - start
+    return seconds, memory.peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layout", choices=["mir1k", "synth"], default="mir1k")
+    parser.add_argument("--songs", type=int, default=0, help="Number of songs (0: every MIR-1K clip, 24 synth).")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+    import ray
+    import torch
+
+    from karaoke.config import config_from_dict, config_to_dict
+    from karaoke.corpora import list_songs
+
+    work = Path(tempfile.mkdtemp(prefix="karaoke-bench-prepare-"))
+    config = build_config(args.layout, args.songs, work)
+    songs = list_songs(config.corpus)
+    audio_seconds = sum(song.load(config.corpus.sample_rate, config.corpus.mixing).seconds for song in songs)
+    print(f"corpus: {args.layout}, {len(songs)} songs, {audio_seconds:.0f} s of audio; work folder {work}")
+
+    torch.set_num_threads(1)
+    loop_times = [loop_once(songs, config, str(work / f"loop{i}")) for i in range(args.repeats)]
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray_once(config, str(work / "warmup"))  # worker processes and imports, as a long job pays once
+    ray_runs = [ray_once(config, str(work / f"ray{i}")) for i in range(args.repeats)]
+    half = config_to_dict(config)
+    half_songs = songs[: len(songs) // 2]
+    if args.layout == "mir1k":
+        for clip in songs[len(songs) // 2 :]:
+            os.unlink(work / "mir1k" / "Wavfile" / f"{clip.song_id}.flac")
+    else:
+        half["corpus"]["synth_songs"] = len(half_songs)
+    _, half_peak = ray_once(config_from_dict(half), str(work / "ray-half"))
+    ray.shutdown()
+
+    loop_rate = audio_seconds / statistics.median(loop_times)
+    ray_rate = audio_seconds / statistics.median(t for t, _ in ray_runs)
+    full_peak = max(peak for _, peak in ray_runs)
+    print(f"single-process loop (1 thread): {loop_rate:8.1f} audio-s/s   runs {', '.join(f'{t:.1f}' for t in loop_times)} s")
+    print(f"Ray Data job (2 CPUs):          {ray_rate:8.1f} audio-s/s   runs {', '.join(f'{t:.1f}' for t, _ in ray_runs)} s")
+    print(f"ratio Ray / loop: {ray_rate / loop_rate:.2f}x (target >= 1.6x)")
+    print(
+        f"peak memory of the Ray job (driver + Ray processes): {len(half_songs)} songs {half_peak / 2**30:.2f} GiB, "
+        f"{len(songs)} songs {full_peak / 2**30:.2f} GiB (ratio {full_peak / half_peak:.2f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
