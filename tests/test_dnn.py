@@ -1,0 +1,151 @@
+"""The mask DNN: shapes, the biased sigmoid, training on the synthetic corpus, safe checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from karaoke.config import config_from_dict
+from karaoke.corpora import list_songs
+from karaoke.errors import CheckpointError
+from karaoke.features import song_features, training_rows
+from karaoke.models.dnn import (
+    BiasedSigmoid,
+    TrainingError,
+    build_model,
+    evaluate,
+    load_dnn,
+    make_loss,
+    make_optimizer,
+    restore_training,
+    save_dnn,
+    train_epoch,
+)
+from conftest import small_config_dict
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine, spinning thread pools slow these tiny models down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_shapes_and_parameter_count(small_config):
+    model = build_model(small_config)
+    windows = torch.rand(3, 257, 20)
+    assert model(windows).shape == (3, 257, 20)
+    n_inputs = 257 * 20
+    assert sum(p.numel() for p in model.parameters()) == (n_inputs * 64 + 64) + (64 * n_inputs + n_inputs)
+
+
+def test_default_hidden_layer_is_as_wide_as_the_input():
+    config = config_from_dict({"stft": {"n_fft": 64, "hop_length": 16}, "dnn": {"n_hidden_layers": 2}})
+    assert config.hidden_sizes == (33 * 20, 33 * 20)
+    linear = [m for m in build_model(config).modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(660, 660), (660, 660), (660, 660)]
+
+
+def test_biased_sigmoid_offsets_hidden_units_but_not_the_output(small_config):
+    x = torch.linspace(-10, 10, 41)
+    assert torch.allclose(BiasedSigmoid(6.0)(x), torch.sigmoid(x - 6.0))
+    assert BiasedSigmoid(6.0)(torch.tensor(6.0)).item() == pytest.approx(0.5)
+    model = build_model(small_config)
+    hidden, output = model.net[0], model.net[2]
+    with torch.no_grad():
+        hidden.weight.zero_()
+        hidden.bias.fill_(2.0)  # learned per-unit bias, kept beside the fixed offset
+        output.weight.zero_()
+        output.bias.zero_()
+    activations = model.net[1](model.net[0](torch.zeros(1, 257 * 20)))
+    assert torch.allclose(activations, torch.full_like(activations, torch.sigmoid(torch.tensor(2.0 - 6.0)).item()))
+    # output layer: sigmoid with no offset, so a zero pre-activation is p = 0.5
+    assert torch.allclose(model(torch.rand(2, 257, 20)), torch.full((2, 257, 20), 0.5))
+
+
+def _batches(rows: dict[str, np.ndarray], batch_size: int, seed: int):
+    order = np.random.default_rng(seed).permutation(len(rows["mixture"]))
+    for start in range(0, len(order), batch_size):
+        pick = order[start : start + batch_size]
+        # as stored by the preparation job: float16 magnitudes, uint8 IBM
+        yield {"mixture": torch.from_numpy(rows["mixture"][pick].astype(np.float16)),
+               "ibm": torch.from_numpy(rows["ibm"][pick].astype(np.uint8))}
+
+
+@pytest.fixture(scope="module")
+def synth_rows(synth_root):
+    config = config_from_dict(small_config_dict(str(synth_root), windows={"train_hop": 6}))
+    rows = {}
+    for split in ("train", "test"):
+        parts = [training_rows(song_features(s.load(16000), config), config) for s in list_songs(config.corpus, split)]
+        rows[split] = {k: np.concatenate([p[k] for p in parts]) for k in ("mixture", "ibm")}
+    return rows
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_loss_falls_over_a_few_epochs_on_the_synthetic_corpus(synth_root, synth_rows, loss):
+    config = config_from_dict(
+        small_config_dict(str(synth_root), train={"loss": loss, "optimizer": "adam", "learning_rate": 1e-3})
+    )
+    torch.manual_seed(0)
+    model = build_model(config)
+    optimizer, loss_fn = make_optimizer(model, config.train), make_loss(config.train)
+    device = torch.device("cpu")
+    before = evaluate(model, _batches(synth_rows["test"], 64, 0), loss_fn, device)
+    stats = [train_epoch(model, _batches(synth_rows["train"], 16, epoch), optimizer, loss_fn, device) for epoch in range(4)]
+    after = evaluate(model, _batches(synth_rows["test"], 64, 0), loss_fn, device)
+    assert stats[0].n_windows == len(synth_rows["train"]["mixture"])
+    assert stats[-1].loss < 0.8 * stats[0].loss
+    assert after.loss < before.loss
+    assert after.accuracy > before.accuracy + 0.1
+
+
+def test_paper_recipe_is_sgd_with_momentum(small_config):
+    optimizer = make_optimizer(build_model(small_config), config_from_dict({}).train)
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["lr"] == 0.1 and optimizer.defaults["momentum"] == 0.5
+
+
+def test_nan_loss_stops_training_before_the_weights_change(small_config):
+    model = build_model(small_config)
+    optimizer, loss_fn = make_optimizer(model, small_config.train), make_loss(small_config.train)
+    before = [p.detach().clone() for p in model.parameters()]
+    good = {"mixture": torch.rand(4, 257, 20), "ibm": torch.zeros(4, 257, 20)}
+    bad = {"mixture": torch.full((4, 257, 20), float("nan")), "ibm": torch.zeros(4, 257, 20)}
+    with pytest.raises(TrainingError, match="batch 1"):
+        train_epoch(model, [good, bad], optimizer, loss_fn, torch.device("cpu"))
+    after_first = [p.detach().clone() for p in model.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(before, after_first))  # the good batch did train
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_checkpoint_round_trip_resume_and_refusals(small_config, tmp_path):
+    torch.manual_seed(1)
+    model = build_model(small_config)
+    optimizer, loss_fn = make_optimizer(model, small_config.train), make_loss(small_config.train)
+    train_epoch(model, [{"mixture": torch.rand(4, 257, 20), "ibm": torch.ones(4, 257, 20)}], optimizer, loss_fn)
+    save_dnn(tmp_path / "ckpt", model, small_config, 3, {"train_loss": 0.2}, optimizer)
+    card = json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())
+    assert card["epoch"] == 3 and card["metrics"] == {"train_loss": 0.2}
+
+    loaded, config, _ = load_dnn(tmp_path / "ckpt", small_config)
+    x = torch.rand(2, 257, 20)
+    assert config == small_config and torch.equal(loaded(x), model.eval()(x))
+
+    fresh = build_model(small_config)
+    fresh_optimizer = make_optimizer(fresh, small_config.train)
+    assert restore_training(tmp_path / "ckpt", fresh, fresh_optimizer, small_config)["epoch"] == 3
+    for p, q in zip(optimizer.param_groups[0]["params"], fresh_optimizer.param_groups[0]["params"]):
+        assert torch.equal(optimizer.state[p]["momentum_buffer"], fresh_optimizer.state[q]["momentum_buffer"])
+
+    wider = config_from_dict(small_config_dict(small_config.corpus.root, dnn={"hidden_sizes": [32]}))
+    with pytest.raises(CheckpointError, match="another config"):
+        load_dnn(tmp_path / "ckpt", wider)
+    with pytest.raises(TrainingError, match="train_loss is nan"):
+        save_dnn(tmp_path / "nan", model, small_config, 4, {"train_loss": float("nan")})
+    assert not (tmp_path / "nan" / "checkpoint.json").exists()
