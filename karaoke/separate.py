@@ -271,6 +271,15 @@ def _file_blocks(path: str, model_rate: int, block_seconds: float) -> BlockSourc
     return blocks
 
 
+def _audio_info(path: Path):
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC") from None
+
+
 def _input_files(inputs: Iterable[str]) -> list[Path]:
     from karaoke.audio import is_audio_file
 
@@ -304,9 +313,9 @@ def separate_file(
 
     path = Path(path)
     rate = config.corpus.sample_rate
+    channels = _audio_info(path).channels
     target = Path(out_dir) / path.stem
     target.mkdir(parents=True, exist_ok=True)
-    channels = sf.info(str(path)).channels
     names = ("vocals", "accompaniment")
     partial = {n: target / f".{n}.wav.partial" for n in names}
     writers = {n: sf.SoundFile(partial[n], "w", rate, channels, subtype="FLOAT", format="WAV") for n in names}
@@ -338,19 +347,22 @@ def separate_files(
 ) -> Iterator[Path]:
     """`karaoke separate`: every file (folders are searched for audio) with a DNN checkpoint; runs on
     the GPU when there is one. Yields each output folder; the model's config is saved in `out_dir`."""
-    import soundfile as sf
     from tqdm import tqdm
 
+    from karaoke.errors import ConfigError
     from karaoke.masks import check_alpha
     from karaoke.models.dnn import load_dnn, pick_device
 
-    alpha = check_alpha(alpha)
+    try:
+        alpha = check_alpha(alpha)
+    except ValueError as exc:
+        raise ConfigError(f"--alpha: {exc}") from None
     files = _input_files(inputs)
     model, config, _ = load_dnn(model_dir, device=pick_device())
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     save_config(config, Path(out_dir) / "config.yaml")
     for path in files:
-        info = sf.info(str(path))
+        info = _audio_info(path)
         seconds = info.frames / info.samplerate
         with tqdm(total=round(seconds, 1), unit="s", desc=path.name, disable=not progress) as bar:
             yield separate_file(

@@ -1,0 +1,147 @@
+"""Inference (Eq. 1 with unfold/fold, streamed) and `karaoke separate` on files of any kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from karaoke.config import config_from_dict
+from karaoke.inference import StreamingSoftMask, soft_mask
+from karaoke.masks import overlap_average, sliding_windows
+from karaoke.models.dnn import build_model, save_dnn
+from karaoke.separate import masks_to_audio, separate_audio, separate_file
+from karaoke.spectral import stft
+from conftest import small_config_dict
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine, spinning thread pools slow these tiny models down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    return config_from_dict(small_config_dict(str(tmp_path_factory.mktemp("unused"))))
+
+
+@pytest.fixture(scope="module")
+def model(config):
+    """An untrained network with spread-out output biases, so its masks are neither all 0 nor all 1."""
+    torch.manual_seed(0)
+    net = build_model(config).eval()
+    with torch.no_grad():
+        net.net[2].bias.normal_(0.0, 3.0)
+    return net
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, config, tmp_path_factory):
+    return save_dnn(tmp_path_factory.mktemp("ckpt") / "dnn", model, config, 1, {"train_loss": 0.1})
+
+
+def _reference_mask(model, magnitude, window_frames):
+    """Eq. 1 the slow way: every hop-1 window through the network, averaged by `masks.overlap_average`."""
+    with torch.no_grad():
+        windows = torch.from_numpy(np.ascontiguousarray(sliding_windows(magnitude, window_frames)))
+        return overlap_average(model(windows).numpy())
+
+
+def test_soft_mask_is_eq1_average_of_hop1_windows(model):
+    magnitude = np.random.default_rng(0).random((257, 75)).astype(np.float32)
+    expected = _reference_mask(model, magnitude, 20)
+    for batch_windows in (1, 7, 1000):
+        got = soft_mask(model, magnitude, 20, scale=1.0, batch_windows=batch_windows)
+        assert got.shape == (257, 75)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_streamed_blocks_of_any_size_give_the_same_mask(model):
+    magnitude = np.random.default_rng(1).random((257, 61)).astype(np.float32) * 5.0
+    whole = soft_mask(model, magnitude, 20)  # scale: the maximum, 5 at most
+    stream = StreamingSoftMask(model, 20, float(magnitude.max()), batch_windows=5)
+    parts, start = [], 0
+    for size in (1, 3, 19, 2, 30, 6):
+        parts.append(stream.push(magnitude[:, start : start + size]))
+        start += size
+    parts.append(stream.finish())
+    assert sum(p.shape[-1] for p in parts) == 61
+    np.testing.assert_allclose(torch.cat(parts, -1).numpy(), whole, atol=1e-6)
+
+
+def test_song_shorter_than_one_window_is_padded_then_cropped(model):
+    magnitude = np.random.default_rng(2).random((257, 7)).astype(np.float32)
+    with torch.no_grad():
+        padded = torch.from_numpy(np.pad(magnitude, ((0, 0), (0, 13))))[None]
+        expected = model(padded)[0, :, :7].numpy()
+    np.testing.assert_allclose(soft_mask(model, magnitude, 20, scale=1.0), expected, atol=1e-6)
+
+
+def test_separate_audio_matches_whole_song_stft_path_and_keeps_stereo(model, config):
+    audio = (np.random.default_rng(3).standard_normal((2, 16000 * 2 + 123)) * 0.1).astype(np.float32)
+    result = separate_audio(model, audio, config, alpha=0.5, chunk_samples=3001)
+    mono = stft(audio.mean(0), config.stft)
+    probability = soft_mask(model, np.abs(mono), 20)
+    vocals, accompaniment = masks_to_audio(stft(audio, config.stft), probability, 0.5, config.stft, audio.shape[-1])
+    assert result.vocals.shape == result.accompaniment.shape == audio.shape
+    np.testing.assert_allclose(result.probability, probability, atol=1e-5)
+    np.testing.assert_allclose(result.vocals, vocals, atol=1e-5)
+    np.testing.assert_allclose(result.accompaniment, accompaniment, atol=1e-5)
+    # p is between alpha and 1 - alpha somewhere, so the two estimates do not simply sum to the mixture
+    assert 0.0 < (probability > 0.5).mean() < 1.0
+
+
+def test_chunked_separation_of_a_long_file_equals_unchunked(model, config, tmp_path):
+    rng = np.random.default_rng(4)
+    seconds, rate = 40, 22050
+    t = np.arange(seconds * rate) / rate
+    tones = 0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 0.3 * t) > 0)
+    audio = np.stack([tones + 0.05 * rng.standard_normal(t.size), 0.5 * tones]).astype(np.float32)
+    sf.write(tmp_path / "long.flac", audio.T, rate)
+    whole = separate_file(tmp_path / "long.flac", model, config, 0.5, tmp_path / "whole", chunk_seconds=1000)
+    chunked = separate_file(tmp_path / "long.flac", model, config, 0.5, tmp_path / "chunked", chunk_seconds=1.7)
+    for name in ("vocals", "accompaniment"):
+        a, rate_a = sf.read(whole / f"{name}.wav", dtype="float32")
+        b, rate_b = sf.read(chunked / f"{name}.wav", dtype="float32")
+        assert rate_a == rate_b == 16000 and a.shape == b.shape == (seconds * 16000, 2)
+        assert np.abs(a).max() > 0.01
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert sorted(p.name for p in chunked.iterdir()) == ["accompaniment.wav", "vocals.wav"]
+
+
+def test_cli_separates_a_folder_of_mono_and_stereo_files_at_any_rate(checkpoint, tmp_path):
+    from karaoke.cli import main
+
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    rng = np.random.default_rng(5)
+    sf.write(songs / "mono8k.wav", rng.standard_normal(8000 * 2).astype(np.float32) * 0.1, 8000)
+    sf.write(songs / "stereo44k.flac", rng.standard_normal((44100 * 3, 2)).astype(np.float32) * 0.1, 44100)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["separate", str(songs), "--model", str(checkpoint), "--alpha", "0.6", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name, channels, seconds in (("mono8k", 1, 2), ("stereo44k", 2, 3)):
+        for part in ("vocals", "accompaniment"):
+            info = sf.info(out / name / f"{part}.wav")
+            assert (info.channels, info.samplerate, info.frames) == (channels, 16000, seconds * 16000)
+    assert (out / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--alpha", "1.0"], "alpha must be strictly between 0 and 1"), ([], "cannot decode audio")],
+)
+def test_cli_errors_name_the_problem(checkpoint, tmp_path, args, message):
+    from karaoke.cli import main
+
+    bad = tmp_path / "notaudio.wav"
+    bad.write_bytes(b"this is not a wav file")
+    result = CliRunner().invoke(main, ["separate", str(bad), "--model", str(checkpoint), "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code != 0
+    assert message in result.output + str(result.exception)
