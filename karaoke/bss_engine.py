@@ -124,20 +124,25 @@ class References:
 
     def energies(self, estimates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """||e||^2, ||P_j e||^2 and ||P_all e||^2 of estimates (..., n_src, n_samples), each (..., n_src)."""
-        estimates = np.asarray(estimates, dtype=np.float64)
+        estimates = np.asarray(estimates)
         if estimates.shape[-2:] != (self.n_src, self.n_samples):
             raise ValueError(
                 f"estimates {estimates.shape} do not match the references ({self.n_src}, {self.n_samples})"
             )
         lead = estimates.shape[:-2]
         flat = estimates.reshape(-1, self.n_src, self.n_samples)
-        total = np.einsum("ejn,ejn->ej", flat, flat)
+        # One estimate at a time in float64: a whole sweep of long songs is gigabytes at once.
+        total = np.empty(flat.shape[:2])
+        d = np.empty((*flat.shape[:2], self.n_src * self.filter_length))  # [e, j]: <delayed refs, estimate>
+        for e, j in np.ndindex(*flat.shape[:2]):
+            x = flat[e, j].astype(np.float64)
+            total[e, j] = x @ x
+            if not self.silent:
+                d[e, j] = self.correlations(x).reshape(-1)
         if self.silent:
             nan = np.full(total.shape, np.nan)
             return total.reshape(*lead, self.n_src), nan.reshape(*lead, self.n_src), nan.reshape(*lead, self.n_src)
         flen = self.filter_length
-        # d[e, j] = correlations of estimate (e, j) with every delayed reference: (n_est, n_src, n_src * L)
-        d = np.stack([[self.correlations(x).reshape(-1) for x in est] for est in flat])
         own = np.empty(total.shape)
         every = np.empty(total.shape)
         for j in range(self.n_src):
@@ -152,7 +157,7 @@ class References:
 
         NaN where undefined: any reference silent, or the estimate silent.
         """
-        estimates = np.asarray(estimates, dtype=np.float64)
+        estimates = np.asarray(estimates)
         total, own, every = self.energies(estimates)
         with np.errstate(divide="ignore", invalid="ignore"):
             sdr = _db(own, total - own)
@@ -165,7 +170,7 @@ class References:
         cancelled = ~silent & ~(np.maximum(np.maximum(sdr, sir), sar) <= EXPLICIT_ABOVE_DB)
         if not self.silent:
             for index in zip(*np.nonzero(cancelled)):
-                sdr[index], sir[index], sar[index] = self._explicit(estimates[index], index[-1])
+                sdr[index], sir[index], sar[index] = self._explicit(estimates[index].astype(np.float64), index[-1])
         return sdr, sir, sar
 
     def _explicit(self, estimate: np.ndarray, j: int) -> tuple[float, float, float]:
