@@ -131,5 +131,14 @@ def separate(inputs: tuple[str, ...], model_dir: str, alpha: float, out_dir: str
         click.echo(f"wrote {path}")
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def report(run_dir: str) -> None:
+    """Figures 1-3 and report.md in RUN_DIR/report/ from RUN_DIR/scores/scores.parquet (or .csv)."""
+    from karaoke.report import write_report
+
+    click.echo(f"wrote {write_report(run_dir)}")
+
+
 if __name__ == "__main__":
     main()
