@@ -1,0 +1,76 @@
+"""Ray Train job: a 2-worker CPU run checkpoints every epoch, resumes, and its checkpoint separates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from karaoke.config import config_from_dict
+from karaoke.errors import CheckpointError
+from conftest import small_config_dict
+
+
+def _config(synth_root: Path, **train):
+    # one of the four synthetic training songs is held out for the per-epoch validation metrics
+    return config_from_dict(
+        small_config_dict(
+            str(synth_root),
+            corpus={"valid_fraction": 0.3},
+            windows={"train_hop": 10},
+            train={"num_workers": 2, "epochs": 1, "optimizer": "adam", "learning_rate": 1e-3, **train},
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset(ray_session, synth_root, tmp_path_factory):
+    from karaoke.dataset import load_manifest
+    from pipelines.prepare import prepare_dataset
+
+    path = str(tmp_path_factory.mktemp("prepared") / "dataset")
+    prepare_dataset(_config(synth_root), path)
+    splits = load_manifest(path)["splits"]
+    assert splits["train"]["windows"] > 0 and splits["valid"]["windows"] > 0
+    return path
+
+
+def test_dataset_prepared_with_another_stft_is_refused(dataset, synth_root, tmp_path):
+    from karaoke.dataset import DatasetError
+    from pipelines.train_dnn import train_dnn
+
+    other = config_from_dict(small_config_dict(str(synth_root), stft={"n_fft": 256, "hop_length": 64}))
+    with pytest.raises(DatasetError, match="prepare the dataset again"):
+        train_dnn(other, dataset, str(tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_two_workers_checkpoint_resume_and_separate(dataset, synth_root, tmp_path):
+    from karaoke.dataset import read_songs
+    from karaoke.models.dnn import load_dnn
+    from karaoke.separate import separate_audio
+    from pipelines.train_dnn import latest_checkpoint, train_dnn
+
+    run_dir = str(tmp_path / "run")
+    first = train_dnn(_config(synth_root), dataset, run_dir)
+    assert Path(first.checkpoint_path).name == "epoch_0001" == Path(latest_checkpoint(run_dir)).name
+    assert first.metrics["epoch"] == 1 and 0.0 < first.metrics["valid_accuracy"] <= 1.0
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+    with pytest.raises(CheckpointError, match="--resume"):
+        train_dnn(_config(synth_root), dataset, run_dir)
+
+    # resuming continues the epoch count up to the new train.epochs
+    second = train_dnn(_config(synth_root, epochs=2), dataset, run_dir, resume=True)
+    assert Path(second.checkpoint_path).name == "epoch_0002"
+    card = json.loads((Path(second.checkpoint_path) / "checkpoint.json").read_text())
+    assert card["epoch"] == 2 and [m["epoch"] for m in card["history"]] == [1, 2]
+    assert card["history"][0] == json.loads((Path(first.checkpoint_path) / "checkpoint.json").read_text())["metrics"]
+
+    model, config, _ = load_dnn(second.checkpoint_path, _config(synth_root))
+    song = read_songs(dataset, "test")[0]
+    result = separate_audio(model, song.mixture, config, alpha=0.5)
+    assert result.vocals.shape == result.accompaniment.shape == song.mixture.shape
+    assert np.isfinite(result.vocals).all() and np.abs(result.accompaniment).max() > 0
