@@ -134,15 +134,18 @@ def main() -> None:
     config = build_config(args.layout, args.songs, work)
     songs = list_songs(config.corpus)
     audio_seconds = sum(song.load(config.corpus.sample_rate, config.corpus.mixing).seconds for song in songs)
+    load_before = os.getloadavg()[0]
     print(f"corpus: {args.layout}, {len(songs)} songs, {audio_seconds:.0f} s of audio; work folder {work}")
-
-    torch.set_num_threads(1)
-    loop_times = [loop_once(songs, config, str(work / f"loop{i}")) for i in range(args.repeats)]
-    torch.set_num_threads(os.cpu_count() or 1)
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray_once(config, str(work / "warmup"))  # worker processes and imports, as a long job pays once
-    ray_runs = [ray_once(config, str(work / f"ray{i}")) for i in range(args.repeats)]
+    # Interleaved, so that both sides see the same load from whatever else runs on the machine.
+    loop_times, ray_runs = [], []
+    for i in range(args.repeats):
+        torch.set_num_threads(1)
+        loop_times.append(loop_once(songs, config, str(work / f"loop{i}")))
+        torch.set_num_threads(os.cpu_count() or 1)
+        ray_runs.append(ray_once(config, str(work / f"ray{i}")))
     half = config_to_dict(config)
     half_songs = songs[: len(songs) // 2]
     if args.layout == "mir1k":
@@ -159,6 +162,7 @@ def main() -> None:
     print(f"single-process loop (1 thread): {loop_rate:8.1f} audio-s/s   runs {', '.join(f'{t:.1f}' for t in loop_times)} s")
     print(f"Ray Data job (2 CPUs):          {ray_rate:8.1f} audio-s/s   runs {', '.join(f'{t:.1f}' for t, _ in ray_runs)} s")
     print(f"ratio Ray / loop: {ray_rate / loop_rate:.2f}x (target >= 1.6x)")
+    print(f"load average during the run (1 min): {load_before:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(
         f"peak memory of the Ray job (driver + Ray processes): {len(half_songs)} songs {half_peak / 2**30:.2f} GiB, "
         f"{len(songs)} songs {full_peak / 2**30:.2f} GiB (ratio {full_peak / half_peak:.2f})"

@@ -60,6 +60,9 @@ def open_fs(url: str) -> tuple[Any, str]:
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(str(url))
+    # fsspec shares filesystem instances and s3fs caches listings; shards written by other processes
+    # (the Ray tasks) would be missing from a stale listing.
+    fs.invalidate_cache()
     return fs, path.rstrip("/")
 
 
