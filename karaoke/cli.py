@@ -132,6 +132,29 @@ def separate(inputs: tuple[str, ...], model_dir: str, alpha: float, out_dir: str
 
 
 @main.command()
+@config_option
+@set_option
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory (scores go to OUT/scores/).")
+@click.option("--dataset", default=None, help="Prepared dataset (default: the config's corpus).")
+@click.option("--dnn", "dnn", multiple=True, type=click.Path(exists=True), help="DNN checkpoint folder (repeatable).")
+@click.option("--nmf", "nmf", multiple=True, type=click.Path(exists=True), help="NMF checkpoint folder (repeatable).")
+@click.option("--ibm/--no-ibm", default=True, show_default=True, help="Also score the ideal binary mask.")
+def evaluate(
+    config_path: str, overrides: tuple[str, ...], run_dir: str, dataset: str | None, dnn: tuple[str, ...], nmf: tuple[str, ...], ibm: bool
+) -> None:
+    """Score checkpoints (and the IBM) over the alpha grid on evaluation.split, in parallel Ray tasks."""
+    import ray
+
+    from karaoke.config import load_config
+    from pipelines.evaluate import evaluate as run_evaluation
+    from pipelines.evaluate import parse_providers
+
+    config = load_config(config_path, overrides)
+    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    click.echo(f"wrote {run_evaluation(config, run_dir, parse_providers(list(dnn), list(nmf), ibm), dataset)}")
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def report(run_dir: str) -> None:
     """Figures 1-3 and report.md in RUN_DIR/report/ from RUN_DIR/scores/scores.parquet (or .csv)."""

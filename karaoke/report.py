@@ -40,7 +40,7 @@ class ScoresError(KaraokeError, ValueError):
     """A scores table is missing, unreadable or lacks required columns."""
 
 
-def _replace_into(path: Path, write) -> Path:
+def write_atomic(path: Path, write) -> Path:
     """Write through `write(tmp_path)` then rename, so a half-written file never looks complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -58,9 +58,9 @@ def write_scores(rows: Sequence[dict], path: str | Path) -> Path:
     path = Path(path)
     table = pa.Table.from_pylist(list(rows))
     if path.suffix == ".parquet":
-        return _replace_into(path, lambda tmp: pyarrow.parquet.write_table(table, tmp))
+        return write_atomic(path, lambda tmp: pyarrow.parquet.write_table(table, tmp))
     if path.suffix == ".csv":
-        return _replace_into(path, lambda tmp: pyarrow.csv.write_csv(table, tmp))
+        return write_atomic(path, lambda tmp: pyarrow.csv.write_csv(table, tmp))
     raise ScoresError(f"{path}: scores are written as .parquet or .csv")
 
 
@@ -135,7 +135,7 @@ def figure_alpha_curves(summary: Sequence[dict], path: str | Path) -> Path:
                 ax.set_xlabel("alpha")
     axes[0, 0].legend(loc="best", fontsize=9)
     fig.suptitle("SDR, SIR and SAR against alpha (mean and 95% confidence interval across songs)")
-    return _replace_into(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+    return write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def figure_sar_vs_sir(summary: Sequence[dict], path: str | Path, methods: Sequence[str] = ("dnn", "nmf")) -> Path:
@@ -162,7 +162,7 @@ def figure_sar_vs_sir(summary: Sequence[dict], path: str | Path, methods: Sequen
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize=9)
     fig.suptitle("SAR against SIR as alpha goes from 0.1 to 0.9 (labels: alpha at the ends)")
-    return _replace_into(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+    return write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def figure_spectrograms(
@@ -189,7 +189,7 @@ def figure_spectrograms(
         ax.set_ylabel("kHz")
     axes[-1].set_xlabel("seconds")
     fig.colorbar(image, ax=list(axes), label="dB", shrink=0.6)
-    return _replace_into(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+    return write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _fmt(row: dict, column: str) -> str:
@@ -247,7 +247,7 @@ def write_report(run_dir: str | Path) -> Path:
     figures.append(figure_sar_vs_sir(summary, out / "figure3.png").name)
     write_scores(summary, out / "summary.csv")
     page = _markdown(summary, rows, figures, scores_path.relative_to(run_dir))
-    return _replace_into(out / "report.md", lambda tmp: tmp.write_text(page))
+    return write_atomic(out / "report.md", lambda tmp: tmp.write_text(page))
 
 
 def _excerpt_figure(path: Path, out: Path) -> str:
