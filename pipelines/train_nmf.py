@@ -6,11 +6,12 @@
 Each worker holds a shard of the training windows (columns) and its own activations H; every
 iteration the workers allreduce the W update's numerator and denominator (gloo on CPU, NCCL on GPU),
 so all hold the same W and the fit equals single-process NMF (`karaoke.models.nmf.fit_nmf`). Rank 0
-checkpoints W and the iteration every `nmf.checkpoint_every` iterations; a failed worker group is
-restarted from the latest checkpoint (`nmf.max_failures`), and `--resume` continues a stopped run.
+prints the KL divergence of every iteration, and every `nmf.checkpoint_every` iterations reports it
+with a checkpoint of W, the iteration and the objective so far; a failed worker group is restarted
+from the latest checkpoint (`nmf.max_failures`), and `--resume` continues a stopped run.
 
 RUN_DIR gets `config.yaml`, `bases/` (the final W, a `karaoke.checkpoint` folder of kind "nmf"),
-`objective.json` (KL divergence per iteration) and `ray/` (Ray Train's run storage). H is not
+`objective.json` (KL divergence and seconds per iteration) and `ray/` (Ray Train's run storage). H is not
 checkpointed: a resumed fit starts H again from its seed, so the objective may step up once there.
 """
 
@@ -51,7 +52,7 @@ def _load_shard(shard, n_inputs: int, device) -> tuple[Any, Any]:
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
-    """Per worker: load the shard, resume W from the latest checkpoint, fit, report every iteration."""
+    """Per worker: load the column shard, restore W from the latest checkpoint, fit, report and checkpoint."""
     import ray.train
     import ray.train.torch
     import torch
@@ -74,19 +75,35 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         W, start, history = torch.stack([W_v, W_nv]), card["iteration"], card["objective"]
     last = config.nmf.train_iterations
 
-    def report(iteration: int, W: torch.Tensor, kl) -> None:
-        history.append([float(v) for v in kl])
-        metrics = {"iteration": iteration + 1, "kl_vocals": history[-1][0], "kl_accompaniment": history[-1][1]}
-        due = (iteration + 1) % config.nmf.checkpoint_every == 0 or iteration + 1 == last
-        if not (due and rank == 0):
+    def publish(W: torch.Tensor) -> None:
+        # Every rank reports; rank 0 attaches the checkpoint.
+        metrics = {key: history[-1][key] for key in ("iteration", "kl_vocals", "kl_accompaniment")}
+        if rank != 0:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
-            save_bases(folder, W, config, iteration=iteration + 1, objective=history)
+            save_bases(folder, W, config, iteration=metrics["iteration"], objective=history)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
+    clock = [time.perf_counter()]
+
+    def on_iteration(iteration: int, W: torch.Tensor, kl) -> None:
+        now = time.perf_counter()
+        row = {"iteration": iteration + 1, "kl_vocals": float(kl[0]), "kl_accompaniment": float(kl[1])}
+        history.append({**row, "seconds": now - clock[0]})
+        clock[0] = now
+        if rank == 0:
+            print(f"iteration {iteration + 1}: KL vocals {kl[0]:.6g}, accompaniment {kl[1]:.6g}")
+        # Train V2 takes one report per health-check poll (2 s), so ranks report only with a
+        # checkpoint; the card holds the objective of every iteration.
+        if (iteration + 1) % config.nmf.checkpoint_every == 0 or iteration + 1 == last:
+            publish(W)
+
     allreduce = dist.all_reduce if world_size > 1 else None
-    fit_nmf(V, keys, config.nmf.n_components, last, config.nmf.seed, W, start, allreduce, report)
+    fit_nmf(V, keys, config.nmf.n_components, last, config.nmf.seed, W, start, allreduce, on_iteration)
+    if start >= last:
+        # Resumed after the last iteration: the restored bases are this run's result.
+        publish(W)
 
 
 def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> Path:
@@ -139,8 +156,7 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> Pa
     _, _, card = load_checkpoint(partial, "nmf", config, ("stft", "windows"))
     shutil.rmtree(run_dir / "bases", ignore_errors=True)
     partial.rename(run_dir / "bases")
-    objective = [{"iteration": i + 1, "kl_vocals": v, "kl_accompaniment": a} for i, (v, a) in enumerate(card["objective"])]
-    (run_dir / ".objective.json.partial").write_text(json.dumps(objective, indent=1))
+    (run_dir / ".objective.json.partial").write_text(json.dumps(card["objective"], indent=1))
     (run_dir / ".objective.json.partial").replace(run_dir / "objective.json")
     return run_dir / "bases"
 

@@ -33,7 +33,8 @@ from karaoke.errors import CheckpointError
 from karaoke.masks import pad_frames, sliding_windows
 from karaoke.mixing import MixedSong
 
-# Keeps W H and the update denominators away from 0 (silent input, dead bases) so nothing is NaN.
+# Floor of W and H, and of the update denominators: keeps W H > 0 (silent input, dead bases), so
+# nothing is NaN. EPS^2 is still a normal float32.
 EPS = 1e-10
 KIND = "nmf"
 SOURCES = ("vocals", "accompaniment")
@@ -66,36 +67,47 @@ def column_uniform(keys: np.ndarray, n_rows: int, seed: int, stream: int) -> tor
     return torch.from_numpy((bits >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24) + np.float32(0.01))
 
 
+def _ratio(V: torch.Tensor, W: torch.Tensor, H: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """V / (W H), (S, D, N), written into `out` when given (no (D, N) allocation per step).
+
+    W and H are kept >= EPS (see `kl_w_update`), so W H >= K * EPS^2 > 0 needs no epsilon pass.
+    """
+    product = torch.bmm(W, H) if out is None else torch.bmm(W, H, out=out)
+    return torch.div(V, product, out=product)
+
+
 def kl_h_step(
-    V: torch.Tensor, W: torch.Tensor, H: torch.Tensor, with_objective: bool = True
+    V: torch.Tensor, W: torch.Tensor, H: torch.Tensor, with_objective: bool = True, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One H update with W fixed. V (S, D, N), W (S, D, K), H (S, K, N) -> (new H, partial KL (S,)).
 
     The partial KL is sum(V log(V / WH) + WH) at the *incoming* W, H (float64; the caller subtracts
-    sum V, a constant), or None when `with_objective` is False.
+    sum V, a constant), or None when `with_objective` is False. `out` is (S, D, N) scratch space.
     """
-    eps = torch.tensor(EPS, dtype=V.dtype, device=V.device)
-    ratio = torch.baddbmm(eps, W, H)
-    torch.div(V, ratio, out=ratio)
+    ratio = _ratio(V, W, H, out)
+    numerator = torch.bmm(W.transpose(1, 2), ratio)
     objective = None
     if with_objective:
-        # sum(WH) factorises as (1^T W)(H 1): no second pass over the (D, N) product.
-        model_sum = (W.sum(1, dtype=torch.float64) * H.sum(2, dtype=torch.float64)).sum(1)
-        objective = torch.xlogy(V, ratio).sum((1, 2), dtype=torch.float64) + model_sum
-    H = H * torch.bmm(W.transpose(1, 2), ratio) / (W.sum(1).unsqueeze(2) + EPS)
-    return H, objective
+        # sum(WH) factorises as (1^T W)(H 1); V log(V / WH) reuses the ratio's memory once it is used.
+        model_sum = (W.sum(1) * H.sum(2)).sum(1).double()
+        objective = torch.xlogy(V, ratio, out=ratio).sum((1, 2)).double() + model_sum
+    return (H * numerator / (W.sum(1).unsqueeze(2) + EPS)).clamp_min_(EPS), objective
 
 
-def kl_w_statistics(V: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def kl_w_statistics(
+    V: torch.Tensor, W: torch.Tensor, H: torch.Tensor, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The W update's numerator (V / WH) H^T (S, D, K) and denominator H 1 (S, K): sums over columns."""
-    ratio = torch.baddbmm(torch.tensor(EPS, dtype=V.dtype, device=V.device), W, H)
-    torch.div(V, ratio, out=ratio)
-    return torch.bmm(ratio, H.transpose(1, 2)), H.sum(2)
+    return torch.bmm(_ratio(V, W, H, out), H.transpose(1, 2)), H.sum(2)
 
 
 def kl_w_update(W: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """W * numerator / denominator for the (allreduced) statistics of `kl_w_statistics`."""
-    return W * numerator / (denominator.unsqueeze(1) + EPS)
+    """W * numerator / denominator for the (allreduced) statistics of `kl_w_statistics`.
+
+    Entries are floored at EPS (as H is in `kl_h_step`): a silent column or a dead basis would
+    otherwise reach 0 and make W H = 0 somewhere, so V / WH = 0 / 0.
+    """
+    return (W * numerator / (denominator.unsqueeze(1) + EPS)).clamp_min_(EPS)
 
 
 def init_bases(n_sources: int, n_inputs: int, n_components: int, seed: int, mean: torch.Tensor) -> torch.Tensor:
@@ -135,14 +147,14 @@ def fit_nmf(
     # Step 2. Seeded W, per-column seeded H.
     if W is None:
         W = init_bases(n_sources, n_inputs, n_components, seed, mean)
-    W = W.to(V.device, V.dtype)
+    W = W.to(V.device, V.dtype).clamp_min(EPS)
     h_scale = (2 * (mean / n_components).sqrt()).to(V.device, V.dtype).view(-1, 1, 1)
     H = torch.stack([column_uniform(keys, n_components, seed, s) for s in range(n_sources)]).to(V.device) * h_scale
     # Step 3. Alternate H and W updates; W statistics and the objective are summed over workers.
-    objectives = []
+    objectives, scratch = [], torch.empty_like(V)
     for iteration in range(start_iteration, iterations):
-        H, partial = kl_h_step(V, W, H)
-        numerator, denominator = kl_w_statistics(V, W, H)
+        H, partial = kl_h_step(V, W, H, out=scratch)
+        numerator, denominator = kl_w_statistics(V, W, H, out=scratch)
         kl = partial - local_sum
         if allreduce is not None:
             # One collective per iteration: the statistics and the objective packed together.
@@ -178,8 +190,9 @@ def fit_activations(
     scale = mean / (n_components * max(float(W.mean()), EPS))
     H = (column_uniform(keys, n_components, seed, stream=0).to(V.device, V.dtype) * (2 * scale)).unsqueeze(0)
     V, W = V.unsqueeze(0), W.unsqueeze(0)
+    scratch = torch.empty_like(V)
     for _ in range(iterations):
-        H, _ = kl_h_step(V, W, H, with_objective=False)
+        H, _ = kl_h_step(V, W, H, with_objective=False, out=scratch)
     return H[0]
 
 
@@ -204,7 +217,7 @@ def nmf_vocal_probability(
             f"bases {tuple(W_v.shape)} / {tuple(W_nv.shape)} do not fit {n_bins} bins x {window_frames} frames"
         )
     device, n_components = W_v.device, W_v.shape[1]
-    W = torch.cat([W_v, W_nv], dim=1).float()
+    W = torch.cat([W_v, W_nv], dim=1).float().clamp_min(EPS)
     columns = unpack_windows(pad_frames(mixture.astype(np.float32, copy=False), window_frames), window_frames)
     n_windows = columns.shape[1]
     mean = float(columns.mean()) if columns.size else 0.0
