@@ -58,9 +58,7 @@ def sweep_estimates(vocals: np.ndarray, accompaniment: np.ndarray, alphas) -> np
     spectra = stft(np.stack([vocals + accompaniment, vocals, accompaniment]), stft_cfg)
     ibm = ideal_binary_mask(np.abs(spectra[1]), np.abs(spectra[2]))
     probability = uniform_filter1d(ibm.astype(np.float32), size=9, axis=1)
-    return np.stack(
-        [np.stack(masks_to_audio(spectra[0], probability, a, stft_cfg, len(vocals))) for a in alphas]
-    )
+    return np.stack([np.stack(masks_to_audio(spectra[0], probability, a, stft_cfg, len(vocals))) for a in alphas])
 
 
 def fast_sweep(references: np.ndarray, estimates: np.ndarray) -> np.ndarray:
@@ -98,7 +96,8 @@ def main() -> None:
         fast = fast_sweep(references, estimates)
         fast_times.append(time.perf_counter() - start)
     fast_sweep_s = statistics.median(fast_times)
-    print(f"fast engine, whole sweep: median {fast_sweep_s:.2f} s of {args.repeats} ({', '.join(f'{t:.2f}' for t in fast_times)})")
+    each = ", ".join(f"{t:.2f}" for t in fast_times)
+    print(f"fast engine, whole sweep: median {fast_sweep_s:.2f} s of {args.repeats} ({each})")
 
     picks = np.unique(np.linspace(0, len(alphas) - 1, min(args.baseline_alphas, len(alphas))).round().astype(int))
     mir_times, worst = [], 0.0

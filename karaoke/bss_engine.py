@@ -71,6 +71,8 @@ class References:
     """
 
     def __init__(self, references: np.ndarray, filter_length: int = FILTER_LENGTH, fft_size: int = FFT_SIZE):
+        import scipy.linalg
+
         references = np.asarray(references, dtype=np.float64)
         if references.ndim != 2 or references.shape[1] == 0:
             raise ValueError(f"references must be (n_src, n_samples) with n_samples > 0, got {references.shape}")
@@ -98,7 +100,9 @@ class References:
         gram = np.empty((self.n_src * flen, self.n_src * flen))
         for i in range(self.n_src):
             for j in range(self.n_src):
-                gram[i * flen : (i + 1) * flen, j * flen : (j + 1) * flen] = _toeplitz(lags[j, i], lags[i, j])
+                gram[i * flen : (i + 1) * flen, j * flen : (j + 1) * flen] = scipy.linalg.toeplitz(
+                    lags[j, i], lags[i, j]
+                )
 
         # Step 3. Factorise G (every reference) and its diagonal blocks G_jj (reference j alone).
         self._all = _Solver(gram)
@@ -117,7 +121,8 @@ class References:
         blocks[: self.n_samples] = estimate
         spectra = self._rfft(blocks.reshape(self.n_blocks, self.block))
         # Correlation is linear, so the blocks' cross-spectra are summed before one small inverse FFT.
-        cross = np.einsum("ibf,bf->if", self._spectra, spectra.conj())
+        conj = spectra.conj()
+        cross = np.stack([np.einsum("bf,bf->f", reference, conj) for reference in self._spectra])
         lags = scipy.fft.irfft(cross, n=self.fft_size, axis=-1)[:, : self.filter_length]
         # Lag k of the block correlation is delay L-1-k.
         return lags[:, ::-1]
@@ -195,12 +200,6 @@ class References:
 def _db(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """10 log10(num / den); +inf for den == 0, as mir_eval's `_safe_db` (NaN for den < 0: cancelled)."""
     return np.where(den == 0, np.inf, 10 * np.log10(num / den))
-
-
-def _toeplitz(column: np.ndarray, row: np.ndarray) -> np.ndarray:
-    import scipy.linalg
-
-    return scipy.linalg.toeplitz(column, row)
 
 
 def bss_eval(references: np.ndarray, estimates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

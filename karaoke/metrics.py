@@ -37,9 +37,7 @@ class Scores:
 
     def as_dict(self) -> dict[str, float]:
         return {
-            f"{source}_{name}": float(getattr(self, name)[i])
-            for name in METRICS
-            for i, source in enumerate(SOURCES)
+            f"{source}_{name}": float(getattr(self, name)[i]) for name in METRICS for i, source in enumerate(SOURCES)
         }
 
 
@@ -89,11 +87,13 @@ class SongScorer:
 
         references = np.asarray(references)
         if references.shape[0] != len(SOURCES) or references.shape[1:] != np.shape(mixture):
-            raise ValueError(f"references {references.shape} must be (2, n_samples) like the mixture {np.shape(mixture)}")
+            raise ValueError(
+                f"references {references.shape} must be (2, n_samples) like the mixture {np.shape(mixture)}"
+            )
         self._whole = References(references)
         self._frames = None
         if sample_rate is not None:
-            window = int(round(FRAME_SECONDS * sample_rate))
+            window = round(FRAME_SECONDS * sample_rate)
             self._frames = FramewiseReferences(references, window, window)
         mixture_sdr, _, _ = self._whole.score(np.stack([mixture, mixture]))
         self.mixture_sdr = mixture_sdr
@@ -160,9 +160,7 @@ def confidence_interval(values: Iterable[float], level: float = 0.95) -> tuple[f
     return mean, mean - half, mean + half
 
 
-def summarise(
-    rows: Sequence[dict], by: Sequence[str] = ("method", "alpha"), level: float = 0.95
-) -> list[dict]:
+def summarise(rows: Sequence[dict], by: Sequence[str] = ("method", "alpha"), level: float = 0.95) -> list[dict]:
     """Mean and confidence interval across songs of every score, per group of `by` values.
 
     Adds `mean_{metric}` (the average of the two sources of a song, the paper's Fig. 2a) to the

@@ -31,7 +31,11 @@ from karaoke.errors import KaraokeError
 from karaoke.metrics import METRICS, SCORE_COLUMNS, global_scores, summarise
 
 REQUIRED_COLUMNS = ("method", "song_id", "split", "alpha", "seconds", *SCORE_COLUMNS)
-PANELS = (("mean", "a: mean of vocals and accompaniment"), ("vocals", "b: vocals"), ("accompaniment", "c: accompaniment"))
+PANELS = (
+    ("mean", "a: mean of vocals and accompaniment"),
+    ("vocals", "b: vocals"),
+    ("accompaniment", "c: accompaniment"),
+)
 STYLE = {"dnn": ("C0", "-", "DNN"), "nmf": ("C1", "-", "NMF"), "ibm": ("C2", "--", "IBM")}
 DPI = 100
 
@@ -78,13 +82,14 @@ def find_scores(run_dir: str | Path) -> Path:
 
 def read_scores(path: str | Path) -> list[dict]:
     """Rows of a scores table (Parquet or CSV), checked for the required columns."""
+    import pyarrow
     import pyarrow.csv
     import pyarrow.parquet
 
     path = Path(path)
     try:
         table = pyarrow.parquet.read_table(path) if path.suffix == ".parquet" else pyarrow.csv.read_csv(path)
-    except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file
+    except (OSError, pyarrow.ArrowException) as exc:
         raise ScoresError(f"{path}: cannot read the scores table ({exc})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
@@ -105,7 +110,9 @@ def _curves(summary: Sequence[dict], method: str, column: str, alphas: np.ndarra
     """(alpha, mean, low, high) of one method; a method scored at one alpha only (the IBM) is flat."""
     rows = [r for r in summary if r["method"] == method]
     x = np.array([r["alpha"] for r in rows], dtype=float)
-    values = [np.array([r.get(f"{column}{suffix}", np.nan) for r in rows], dtype=float) for suffix in ("", "_low", "_high")]
+    values = [
+        np.array([r.get(f"{column}{suffix}", np.nan) for r in rows], dtype=float) for suffix in ("", "_low", "_high")
+    ]
     if len(x) == 1:
         return (np.array([alphas.min(), alphas.max()]), *[np.repeat(v, 2) for v in values])
     return (x, *values)
@@ -115,7 +122,9 @@ def figure_alpha_curves(summary: Sequence[dict], path: str | Path) -> Path:
     """Figure 2: 3 x 3 panels, rows a/b/c (mean, vocals, accompaniment), columns SDR/SIR/SAR."""
     from matplotlib.figure import Figure
 
-    methods = sorted({r["method"] for r in summary}, key=lambda m: (m not in STYLE, list(STYLE).index(m) if m in STYLE else 0, m))
+    methods = sorted(
+        {r["method"] for r in summary}, key=lambda m: (m not in STYLE, list(STYLE).index(m) if m in STYLE else 0, m)
+    )
     alphas = np.array(sorted({r["alpha"] for r in summary}), dtype=float)
     fig = Figure(figsize=(13, 10), dpi=DPI, layout="constrained")
     axes = fig.subplots(3, 3, sharex=True)
@@ -146,7 +155,9 @@ def figure_sar_vs_sir(summary: Sequence[dict], path: str | Path, methods: Sequen
     axes = fig.subplots(1, 3)
     for ax, (source, title) in zip(axes, PANELS):
         for k, method in enumerate(methods):
-            rows = sorted((r for r in summary if r["method"] == method and 0.1 < r["alpha"] < 0.9), key=lambda r: r["alpha"])
+            rows = sorted(
+                (r for r in summary if r["method"] == method and 0.1 < r["alpha"] < 0.9), key=lambda r: r["alpha"]
+            )
             if not rows:
                 continue
             colour, line, label = _style(method, k)
@@ -154,8 +165,14 @@ def figure_sar_vs_sir(summary: Sequence[dict], path: str | Path, methods: Sequen
             sar = np.array([r[f"{source}_sar"] for r in rows])
             ax.plot(sir, sar, line, color=colour, marker="o", markersize=3, label=label)
             for end in (rows[0], rows[-1]):
-                ax.annotate(f"{end['alpha']:.2f}", (end[f"{source}_sir"], end[f"{source}_sar"]), fontsize=8,
-                            textcoords="offset points", xytext=(4, 4), color=colour)
+                ax.annotate(
+                    f"{end['alpha']:.2f}",
+                    (end[f"{source}_sir"], end[f"{source}_sar"]),
+                    fontsize=8,
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    color=colour,
+                )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("SIR (dB)")
         ax.set_ylabel("SAR (dB)")
@@ -183,8 +200,15 @@ def figure_spectrograms(
     fig = Figure(figsize=(10, 2.3 * len(names)), dpi=DPI, layout="constrained")
     axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
     for ax, name, db in zip(axes, names, decibels):
-        image = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=-80, vmax=0,
-                          extent=(0, seconds, 0, sample_rate / 2000))
+        image = ax.imshow(
+            db,
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=-80,
+            vmax=0,
+            extent=(0, seconds, 0, sample_rate / 2000),
+        )
         ax.set_title(name.replace("_", " "), fontsize=10)
         ax.set_ylabel("kHz")
     axes[-1].set_xlabel("seconds")
@@ -204,14 +228,21 @@ def _markdown(summary: Sequence[dict], rows: Sequence[dict], figures: Sequence[s
     lines = [
         "# Deep Karaoke: evaluation report",
         "",
-        f"Scores: `{source_path}` ({len(rows)} rows, {len(songs)} songs, "
-        f"methods {', '.join(sorted({r['method'] for r in rows}))}). Whole-song BSS-EVAL in dB; "
-        "each cell is the mean across songs with its 95% confidence interval.",
+        (
+            f"Scores: `{source_path}` ({len(rows)} rows, {len(songs)} songs, "
+            f"methods {', '.join(sorted({r['method'] for r in rows}))}). Whole-song BSS-EVAL in dB; "
+            "each cell is the mean across songs with its 95% confidence interval."
+        ),
         "",
     ]
     lines += [f"![{name}]({name})" for name in figures] + [""]
     for source, title in PANELS:
-        lines += [f"## {title[3:].capitalize()}", "", "| method | alpha | songs | SDR | SIR | SAR |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {title[3:].capitalize()}",
+            "",
+            "| method | alpha | songs | SDR | SIR | SAR |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in summary:
             cells = [_fmt(r, f"{source}_{m}") for m in METRICS]
             lines.append(f"| {r['method']} | {r['alpha']:.2f} | {r['n_songs']} | " + " | ".join(cells) + " |")

@@ -66,11 +66,18 @@ def score_song(song, method: str, checkpoint: str | None, config, excerpt: bool 
     result: dict[str, Any] = {"rows": [meta | row for row in rows]}
     if excerpt:
         n = min(len(song.mixture), int(EXCERPT_SECONDS * song.sample_rate))
-        vocals, accompaniment = masks_to_audio(mixture_stft, probability, config.evaluation.alpha, config.stft, len(song.mixture))
+        vocals, accompaniment = masks_to_audio(
+            mixture_stft, probability, config.evaluation.alpha, config.stft, len(song.mixture)
+        )
         result["excerpt"] = {
-            "mixture": song.mixture[:n], "vocals": song.vocals[:n], "accompaniment": song.accompaniment[:n],
-            "vocals_estimate": vocals[:n], "accompaniment_estimate": accompaniment[:n],
-            "sample_rate": song.sample_rate, "n_fft": config.stft.n_fft, "hop_length": config.stft.hop_length,
+            "mixture": song.mixture[:n],
+            "vocals": song.vocals[:n],
+            "accompaniment": song.accompaniment[:n],
+            "vocals_estimate": vocals[:n],
+            "accompaniment_estimate": accompaniment[:n],
+            "sample_rate": song.sample_rate,
+            "n_fft": config.stft.n_fft,
+            "hop_length": config.stft.hop_length,
         }
     return result
 
@@ -93,9 +100,7 @@ def load_split_songs(config, dataset: str | None, split: str) -> list:
     return [s.load(config.corpus.sample_rate, config.corpus.mixing) for s in list_songs(config.corpus, split)]
 
 
-def evaluate(
-    config, out_dir: str | Path, providers: list[tuple[str, str | None]], dataset: str | None = None
-) -> Path:
+def evaluate(config, out_dir: str | Path, providers: list[tuple[str, str | None]], dataset: str | None = None) -> Path:
     """Score every (song, provider) of `evaluation.split` in parallel Ray tasks; returns scores.parquet."""
     import ray
 

@@ -84,7 +84,9 @@ def test_near_silent_reference(mir1k):
     burst = np.zeros_like(song.vocals)
     burst[16000:24000] = song.vocals[16000:24000]
     for vocals in (quiet, burst):
-        variant = MixedSong(song.song_id, song.split, song.sample_rate, vocals + song.accompaniment, vocals, song.accompaniment)
+        variant = MixedSong(
+            song.song_id, song.split, song.sample_rate, vocals + song.accompaniment, vocals, song.accompaniment
+        )
         references = np.stack([variant.vocals, variant.accompaniment])
         estimates = np.stack(ibm_separate(variant, config))
         fast = np.array(bss_eval(references, estimates))

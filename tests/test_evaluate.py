@@ -17,7 +17,9 @@ from tests.conftest import small_config_dict
 
 @pytest.fixture(scope="module")
 def config(synth_root):
-    return config_from_dict(small_config_dict(str(synth_root), evaluation={"alphas": [0.2, 0.5, 0.8], "split": "train"}))
+    return config_from_dict(
+        small_config_dict(str(synth_root), evaluation={"alphas": [0.2, 0.5, 0.8], "split": "train"})
+    )
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +29,12 @@ def dnn_checkpoint(config, tmp_path_factory):
     from karaoke.models.dnn import build_model, save_dnn
 
     torch.manual_seed(0)
-    return str(save_dnn(tmp_path_factory.mktemp("dnn") / "ckpt", build_model(config), config, epoch=0, metrics={"loss": 1.0}))
+    return str(
+        save_dnn(tmp_path_factory.mktemp("dnn") / "ckpt", build_model(config), config, epoch=0, metrics={"loss": 1.0})
+    )
 
 
+@pytest.mark.slow
 def test_evaluate_scores_every_song_provider_and_alpha(ray_session, config, dnn_checkpoint, tmp_path):
     from pipelines.evaluate import evaluate
 
@@ -45,10 +50,17 @@ def test_evaluate_scores_every_song_provider_and_alpha(ray_session, config, dnn_
     song = songs[0].load(config.corpus.sample_rate, config.corpus.mixing)
     features = song_features(song, config)
     direct = score_alpha_grid(
-        features.mixture_stft, features.ibm.astype(np.float32), np.stack([song.vocals, song.accompaniment]),
-        song.mixture, (0.2, 0.5, 0.8), config.stft, song.sample_rate,
+        features.mixture_stft,
+        features.ibm.astype(np.float32),
+        np.stack([song.vocals, song.accompaniment]),
+        song.mixture,
+        (0.2, 0.5, 0.8),
+        config.stft,
+        song.sample_rate,
     )
-    stored = sorted((r for r in rows if r["method"] == "ibm" and r["song_id"] == song.song_id), key=lambda r: r["alpha"])
+    stored = sorted(
+        (r for r in rows if r["method"] == "ibm" and r["song_id"] == song.song_id), key=lambda r: r["alpha"]
+    )
     for got, want in zip(stored, direct):
         for key, value in want.items():
             assert got[key] == pytest.approx(value, nan_ok=True)

@@ -116,14 +116,24 @@ def test_global_scores_weight_clips_by_length():
     short, long = _row("dnn", "a", 0.5, 1.0, 4.0), _row("dnn", "b", 0.5, 3.0, 8.0)
     broken = _row("dnn", "c", 0.5, 10.0, 0.0) | {"vocals_sdr": np.nan}
     scores = global_scores([short, long, broken])
-    nsdr = lambda r: r["vocals_sdr"] - r["vocals_sdr_mixture"]  # noqa: E731
+
+    def nsdr(r):
+        return r["vocals_sdr"] - r["vocals_sdr_mixture"]
+
     assert scores["vocals_gnsdr"] == pytest.approx((1.0 * nsdr(short) + 3.0 * nsdr(long)) / 4.0)
-    weighted_sar = (1.0 * short["accompaniment_sar"] + 3.0 * long["accompaniment_sar"] + 10.0 * broken["accompaniment_sar"]) / 14.0
+    weighted_sar = (
+        1.0 * short["accompaniment_sar"] + 3.0 * long["accompaniment_sar"] + 10.0 * broken["accompaniment_sar"]
+    ) / 14.0
     assert scores["accompaniment_gsar"] == pytest.approx(weighted_sar)
 
 
 def test_summarise_groups_by_method_and_alpha_with_the_source_mean():
-    rows = [_row(m, s, a, 10.0, b) for m, b0 in (("dnn", 0.0), ("nmf", -3.0)) for a in (0.2, 0.5) for s, b in (("x", b0), ("y", b0 + 2), ("z", b0 + 7))]
+    rows = [
+        _row(m, s, a, 10.0, b)
+        for m, b0 in (("dnn", 0.0), ("nmf", -3.0))
+        for a in (0.2, 0.5)
+        for s, b in (("x", b0), ("y", b0 + 2), ("z", b0 + 7))
+    ]
     summary = summarise(rows)
     assert [(s["method"], s["alpha"]) for s in summary] == [("dnn", 0.2), ("dnn", 0.5), ("nmf", 0.2), ("nmf", 0.5)]
     first = summary[0]

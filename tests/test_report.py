@@ -24,7 +24,12 @@ def _synthetic_rows(method: str, song_id: str, seconds: float, rng, offset: floa
         for source in ("vocals", "accompaniment"):
             sir = offset + 20 * alpha + rng.normal(0, 1)
             sar = offset + 12 - 10 * alpha + rng.normal(0, 1)
-            row |= {f"{source}_sir": sir, f"{source}_sar": sar, f"{source}_sdr": min(sir, sar) - 1, f"{source}_sdr_mixture": -3.0}
+            row |= {
+                f"{source}_sir": sir,
+                f"{source}_sar": sar,
+                f"{source}_sdr": min(sir, sar) - 1,
+                f"{source}_sdr_mixture": -3.0,
+            }
         rows.append(row)
     return rows
 
@@ -42,15 +47,24 @@ def run_dir(small_config, tmp_path_factory):
         references = np.stack([song.vocals, song.accompaniment])
         ibm = features.ibm.astype(np.float32)
         meta = {"method": "ibm", "song_id": song.song_id, "split": song.split, "seconds": song.seconds}
-        rows += [meta | row for row in score_alpha_grid(features.mixture_stft, ibm, references, song.mixture, (0.5,), config.stft)]
+        rows += [
+            meta | row
+            for row in score_alpha_grid(features.mixture_stft, ibm, references, song.mixture, (0.5,), config.stft)
+        ]
         rows += _synthetic_rows("dnn", song.song_id, song.seconds, rng, 2.0 + k)
         rows += _synthetic_rows("nmf", song.song_id, song.seconds, rng, -2.0 + k)
         if k == 0:
             vocals, accompaniment = masks_to_audio(features.mixture_stft, ibm, 0.5, config.stft, len(song.mixture))
             np.savez(
-                run / "excerpt.npz", mixture=song.mixture, vocals=song.vocals, accompaniment=song.accompaniment,
-                vocals_estimate=vocals, accompaniment_estimate=accompaniment,
-                sample_rate=song.sample_rate, n_fft=config.stft.n_fft, hop_length=config.stft.hop_length,
+                run / "excerpt.npz",
+                mixture=song.mixture,
+                vocals=song.vocals,
+                accompaniment=song.accompaniment,
+                vocals_estimate=vocals,
+                accompaniment_estimate=accompaniment,
+                sample_rate=song.sample_rate,
+                n_fft=config.stft.n_fft,
+                hop_length=config.stft.hop_length,
             )
     (run / "scores").mkdir()
     (run / "excerpt.npz").rename(run / "scores" / "excerpt.npz")
@@ -99,7 +113,10 @@ def test_csv_scores_round_trip(tmp_path):
 def test_missing_scores_and_columns_are_clear_errors(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "scores/scores.parquet" in result.output
-    rows = [{k: v for k, v in r.items() if k != "vocals_sar"} for r in _synthetic_rows("dnn", "s", 1.0, np.random.default_rng(2), 0.0)]
+    rows = [
+        {k: v for k, v in r.items() if k != "vocals_sar"}
+        for r in _synthetic_rows("dnn", "s", 1.0, np.random.default_rng(2), 0.0)
+    ]
     write_scores(rows, tmp_path / "bad.parquet")
     with pytest.raises(ScoresError, match="vocals_sar"):
         read_scores(tmp_path / "bad.parquet")
