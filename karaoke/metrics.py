@@ -136,10 +136,12 @@ def score_alpha_grid(
 
     n_samples = len(mixture)
     scorer = SongScorer(references, mixture, sample_rate)
-    estimates = np.stack(
-        [np.stack(masks_to_audio(mixture_stft, probability, alpha, stft_cfg, n_samples)) for alpha in alphas]
-    )
-    return [{"alpha": float(alpha), **row} for alpha, row in zip(alphas, scorer.score(estimates))]
+    rows = []
+    # One alpha at a time: a whole sweep of a long song would hold gigabytes of estimates.
+    for alpha in alphas:
+        estimates = np.stack(masks_to_audio(mixture_stft, probability, alpha, stft_cfg, n_samples))
+        rows.append({"alpha": float(alpha), **scorer.score(estimates[None])[0]})
+    return rows
 
 
 def confidence_interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float, float]:
