@@ -123,11 +123,21 @@ def train_nmf_command(config_path: str, overrides: tuple[str, ...], dataset: str
 @click.option("--alpha", default=0.5, show_default=True, type=float, help="Mask threshold of Eq. 2, in (0, 1).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--chunk-seconds", default=30.0, show_default=True, help="Audio processed at once (bounds memory).")
-def separate(inputs: tuple[str, ...], model_dir: str, alpha: float, out_dir: str, chunk_seconds: float) -> None:
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "bfloat16"]),
+    default="float32",
+    show_default=True,
+    help="Network arithmetic on CPU; bfloat16 is ~2x faster on AVX512-BF16 CPUs (GPUs always use it).",
+)
+def separate(
+    inputs: tuple[str, ...], model_dir: str, alpha: float, out_dir: str, chunk_seconds: float, precision: str
+) -> None:
     """Separate audio files (or folders of them) into OUT/<name>/vocals.wav and accompaniment.wav."""
     from karaoke.separate import separate_files
 
-    for path in separate_files(inputs, model_dir, alpha, out_dir, chunk_seconds=chunk_seconds, progress=True):
+    files = separate_files(inputs, model_dir, alpha, out_dir, chunk_seconds=chunk_seconds, progress=True, precision=precision)
+    for path in files:
         click.echo(f"wrote {path}")
 
 

@@ -75,6 +75,14 @@ def test_streamed_blocks_of_any_size_give_the_same_mask(model):
     np.testing.assert_allclose(torch.cat(parts, -1).numpy(), whole, atol=1e-6)
 
 
+def test_bfloat16_inference_stays_close_to_float32(model):
+    magnitude = np.random.default_rng(6).random((257, 40)).astype(np.float32)
+    exact = soft_mask(model, magnitude, 20)
+    stream = StreamingSoftMask(model, 20, float(magnitude.max()), precision="bfloat16")
+    fast = torch.cat([stream.push(magnitude), stream.finish()], -1).numpy()
+    assert 0 < np.abs(fast - exact).max() < 0.05
+
+
 def test_song_shorter_than_one_window_is_padded_then_cropped(model):
     magnitude = np.random.default_rng(2).random((257, 7)).astype(np.float32)
     with torch.no_grad():
