@@ -86,12 +86,14 @@ def kl_h_step(
     """
     ratio = _ratio(V, W, H, out)
     numerator = torch.bmm(W.transpose(1, 2), ratio)
+    w_sum = W.sum(1)
     objective = None
     if with_objective:
         # sum(WH) factorises as (1^T W)(H 1); V log(V / WH) reuses the ratio's memory once it is used.
-        model_sum = (W.sum(1) * H.sum(2)).sum(1).double()
+        model_sum = (w_sum * H.sum(2)).sum(1).double()
         objective = torch.xlogy(V, ratio, out=ratio).sum((1, 2)).double() + model_sum
-    return (H * numerator / (W.sum(1).unsqueeze(2) + EPS)).clamp_min_(EPS), objective
+    # In place on the fresh numerator: no (S, K, N) temporaries.
+    return numerator.div_(w_sum.unsqueeze(2) + EPS).mul_(H).clamp_min_(EPS), objective
 
 
 def kl_w_statistics(
@@ -107,7 +109,7 @@ def kl_w_update(W: torch.Tensor, numerator: torch.Tensor, denominator: torch.Ten
     Entries are floored at EPS (as H is in `kl_h_step`): a silent column or a dead basis would
     otherwise reach 0 and make W H = 0 somewhere, so V / WH = 0 / 0.
     """
-    return (W * numerator / (denominator.unsqueeze(1) + EPS)).clamp_min_(EPS)
+    return numerator.div(denominator.unsqueeze(1) + EPS).mul_(W).clamp_min_(EPS)
 
 
 def init_bases(n_sources: int, n_inputs: int, n_components: int, seed: int, mean: torch.Tensor) -> torch.Tensor:
