@@ -210,6 +210,8 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+            # s3:// credentials and endpoint from the driver, for workers of a cluster started without them
+            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}},
         ),
         datasets=datasets,
     )

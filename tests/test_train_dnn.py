@@ -74,3 +74,23 @@ def test_two_workers_checkpoint_resume_and_separate(dataset, synth_root, tmp_pat
     result = separate_audio(model, song.mixture, config, alpha=0.5)
     assert result.vocals.shape == result.accompaniment.shape == song.mixture.shape
     assert np.isfinite(result.vocals).all() and np.abs(result.accompaniment).max() > 0
+
+
+def test_run_directory_on_s3_finds_the_last_complete_checkpoint(s3_endpoint, small_config, tmp_path):
+    import fsspec
+
+    from karaoke.models.dnn import build_model, save_dnn
+    from pipelines.train_dnn import _save_run_config, latest_checkpoint
+
+    run_dir = "s3://test-bucket/runs/dnn"
+    assert latest_checkpoint(run_dir) is None
+    _save_run_config(small_config, run_dir)
+    fs = fsspec.filesystem("s3")
+    assert fs.exists("test-bucket/runs/dnn/config.yaml")
+    model = build_model(small_config)
+    for epoch in (1, 2):
+        local = save_dnn(tmp_path / f"epoch_{epoch:04d}", model, small_config, epoch, {"train_loss": 0.1})
+        fs.put(str(local), f"test-bucket/runs/dnn/epoch_{epoch:04d}", recursive=True)
+    # an epoch whose card was never written (killed while saving) is not a checkpoint
+    fs.pipe("test-bucket/runs/dnn/epoch_0003/model.safetensors", b"partial")
+    assert latest_checkpoint(run_dir) == "s3://test-bucket/runs/dnn/epoch_0002"
