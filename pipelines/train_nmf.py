@@ -3,16 +3,16 @@
     python -m pipelines.train_nmf --config configs/demo.yaml --data DATASET --out RUN_DIR [--resume]
     karaoke train nmf ...                     (the same command)
 
-Each worker holds a shard of the training windows (columns) and its own activations H; every
-iteration the workers allreduce the W update's numerator and denominator (gloo on CPU, NCCL on GPU),
-so all hold the same W and the fit equals single-process NMF (`karaoke.models.nmf.fit_nmf`). Rank 0
+Each worker holds a shard of the training windows (columns: those whose key is its rank modulo the
+number of workers) and its own activations H; every iteration the workers allreduce the W update's
+numerator and denominator (gloo on CPU, NCCL on GPU), so all hold the same W and the fit equals single-process NMF (`karaoke.models.nmf.fit_nmf`). Rank 0
 prints the KL divergence of every iteration, and every `nmf.checkpoint_every` iterations reports it
 with a checkpoint of W, the iteration and the objective so far; a failed worker group is restarted
 from the latest checkpoint (`nmf.max_failures`), and `--resume` continues a stopped run.
 
 RUN_DIR gets `config.yaml`, `bases/` (the final W, a `karaoke.checkpoint` folder of kind "nmf"),
-`objective.json` (KL divergence and seconds per iteration) and `ray/` (Ray Train's run storage). H is not
-checkpointed: a resumed fit starts H again from its seed, so the objective may step up once there.
+`objective.json` (KL divergence and seconds per iteration) and `ray/` (Ray Train's run storage).
+H is not checkpointed: a resumed fit starts H again from its seed, so the objective may step up there.
 """
 
 from __future__ import annotations
@@ -32,19 +32,26 @@ RUN_NAME = "nmf"
 COLUMNS = ["song_id", "start_frame", "vocals", "accompaniment"]
 
 
-def _load_shard(shard, n_inputs: int, device) -> tuple[Any, Any]:
-    """This worker's windows as V (2, D, N) float32 on `device`, and their column keys (N,)."""
+def _load_shard(rows, n_inputs: int, rank: int, world_size: int, device) -> tuple[Any, Any]:
+    """This worker's windows (those whose key is rank modulo world_size) as V (2, D, N) float32 on
+    `device`, and their column keys (N,).
+
+    Every worker reads all rows and keeps its own: Ray Train's `streaming_split` makes equal shards by
+    dropping rows, and then the fit would not be the fit of all windows.
+    """
     import numpy as np
     import torch
 
     from karaoke.models.nmf import window_keys
 
     vocals, accompaniment, keys = [], [], []
-    for batch in shard.iter_batches(batch_size=256, batch_format="numpy"):
-        n = len(batch["start_frame"])
-        vocals.append(batch["vocals"].reshape(n, n_inputs))
-        accompaniment.append(batch["accompaniment"].reshape(n, n_inputs))
-        keys.append(window_keys([str(s) for s in batch["song_id"]], batch["start_frame"]))
+    for batch in rows.iter_batches(batch_size=256, batch_format="numpy"):
+        batch_keys = window_keys([str(s) for s in batch["song_id"]], batch["start_frame"])
+        mine = batch_keys % np.uint64(world_size) == rank
+        n = int(mine.sum())
+        vocals.append(batch["vocals"][mine].reshape(n, n_inputs))
+        accompaniment.append(batch["accompaniment"][mine].reshape(n, n_inputs))
+        keys.append(batch_keys[mine])
     if not keys:
         return torch.zeros(2, n_inputs, 0, device=device), np.zeros(0, dtype=np.uint64)
     V = torch.stack([torch.from_numpy(np.concatenate(part)).to(device).float().T for part in (vocals, accompaniment)])
@@ -65,7 +72,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    V, keys = _load_shard(ray.train.get_dataset_shard("train"), config.n_inputs, device)
+    V, keys = _load_shard(ray.train.get_dataset_shard("train"), config.n_inputs, rank, world_size, device)
 
     W, start, history = None, 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -138,6 +145,7 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> Pa
             num_workers=nmf.num_workers, use_gpu=nmf.use_gpu, resources_per_worker={"CPU": nmf.cpus_per_worker}
         ),
         datasets={"train": train_ds.select_columns(COLUMNS)},
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
         # Same name and storage: Train restores the run's latest checkpoint when it is started again.
         run_config=ray.train.RunConfig(
             name=RUN_NAME,
