@@ -54,13 +54,17 @@ class PeakMemory:
         self._interval = interval
         self._stop = threading.Event()
         self.peak = 0
+        self.largest = 0
 
     def _sample(self) -> int:
+        """Summed RSS of the tree now; also keeps the largest single process seen."""
         table = _process_table()
         tree, total, frontier = {os.getpid()}, 0, [os.getpid()]
         while frontier:
             parent = frontier.pop()
-            total += table.get(parent, (0, 0))[1]
+            rss = table.get(parent, (0, 0))[1]
+            total += rss
+            self.largest = max(self.largest, rss)
             children = [pid for pid, (ppid, _) in table.items() if ppid == parent and pid not in tree]
             tree.update(children)
             frontier.extend(children)
@@ -123,14 +127,14 @@ def loop_once(config_dict: dict, out: str) -> float:
     return time.perf_counter() - start
 
 
-def ray_once(config, out: str) -> tuple[float, int]:
+def ray_once(config, out: str) -> tuple[float, PeakMemory]:
     from pipelines.prepare import prepare_dataset
 
     with PeakMemory() as memory:
         start = time.perf_counter()
         prepare_dataset(config, out)
         seconds = time.perf_counter() - start
-    return seconds, memory.peak
+    return seconds, memory
 
 
 def main() -> None:
@@ -171,12 +175,14 @@ def main() -> None:
             os.unlink(work / "mir1k" / "Wavfile" / f"{clip.song_id}.flac")
     else:
         half["corpus"]["synth_songs"] = len(half_songs)
-    _, half_peak = ray_once(config_from_dict(half), str(work / "ray-half"))
+    _, half_memory = ray_once(config_from_dict(half), str(work / "ray-half"))
     ray.shutdown()
 
     loop_rate = audio_seconds / statistics.median(loop_times)
     ray_rate = audio_seconds / statistics.median(t for t, _ in ray_runs)
-    full_peak = max(peak for _, peak in ray_runs)
+    full_peak = max(memory.peak for _, memory in ray_runs)
+    full_largest = max(memory.largest for _, memory in ray_runs)
+    half_peak, half_largest = half_memory.peak, half_memory.largest
     print(f"single-process loop (1 thread): {loop_rate:8.1f} audio-s/s   runs {', '.join(f'{t:.1f}' for t in loop_times)} s")
     print(f"Ray Data job (2 CPUs):          {ray_rate:8.1f} audio-s/s   runs {', '.join(f'{t:.1f}' for t, _ in ray_runs)} s")
     print(f"ratio Ray / loop: {ray_rate / loop_rate:.2f}x (target >= 1.6x)")
@@ -184,6 +190,10 @@ def main() -> None:
     print(
         f"peak memory of the Ray job (driver + Ray processes): {len(half_songs)} songs {half_peak / 2**30:.2f} GiB, "
         f"{len(songs)} songs {full_peak / 2**30:.2f} GiB (ratio {full_peak / half_peak:.2f})"
+    )
+    print(
+        f"largest single process: {len(half_songs)} songs {half_largest / 2**20:.0f} MiB, "
+        f"{len(songs)} songs {full_largest / 2**20:.0f} MiB (ratio {full_largest / half_largest:.2f})"
     )
 
 
