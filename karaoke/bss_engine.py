@@ -188,6 +188,18 @@ class References:
                 sdr[index], sir[index], sar[index] = self._explicit(estimates[index].astype(np.float64), index[-1])
         return sdr, sir, sar
 
+    def sdr(self, estimates: np.ndarray) -> np.ndarray:
+        """SDR alone (..., n_src), e.g. of the unprocessed mixture, whose SAR would need the explicit path."""
+        estimates = np.asarray(estimates)
+        total, own, _ = self.energies(estimates)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sdr = _db(own, total - own)
+        sdr[total == 0] = np.nan
+        if not self.silent:
+            for index in zip(*np.nonzero(~(total == 0) & ~(sdr <= EXPLICIT_ABOVE_DB))):
+                sdr[index] = self._explicit(estimates[index].astype(np.float64), index[-1])[0]
+        return sdr
+
     def _explicit(self, estimate: np.ndarray, j: int) -> tuple[float, float, float]:
         """mir_eval's `_bss_source_crit` from the filtered references of one estimate (n_samples,)."""
         from scipy.signal import oaconvolve

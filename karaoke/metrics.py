@@ -95,8 +95,7 @@ class SongScorer:
         if sample_rate is not None:
             window = round(FRAME_SECONDS * sample_rate)
             self._frames = FramewiseReferences(references, window, window)
-        mixture_sdr, _, _ = self._whole.score(np.stack([mixture, mixture]))
-        self.mixture_sdr = mixture_sdr
+        self.mixture_sdr = self._whole.sdr(np.stack([mixture, mixture]))
 
     def score(self, estimates: np.ndarray) -> list[dict[str, float]]:
         """One row per separation of estimates (n_separations, 2, n_samples) (see the module docstring)."""

@@ -124,6 +124,7 @@ def test_unprocessed_mixture_sdr_agrees_and_sar_is_rounding_noise(mir1k):
     sdr, sir, sar = bss_eval(references, estimates)
     expected = _mir_eval(references, estimates)
     np.testing.assert_allclose([sdr, sir], expected[:2], rtol=0, atol=TOLERANCE_DB)
+    np.testing.assert_allclose(References(references).sdr(estimates), expected[0], rtol=0, atol=TOLERANCE_DB)
     # The mixture is in the span of the references: its artefacts are rounding noise in both.
     assert (sar > 150).all() and (expected[2] > 150).all()
 
