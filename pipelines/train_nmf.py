@@ -66,6 +66,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from karaoke.config import config_from_dict
+    from karaoke.errors import CheckpointError
     from karaoke.models.nmf import fit_nmf, load_bases, save_bases
 
     config = config_from_dict(loop_config["config"])
@@ -79,6 +80,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             W_v, W_nv, card = load_bases(folder, config)
+        if W_v.shape[1] != config.nmf.n_components:
+            raise CheckpointError(
+                f"{checkpoint.path}: has {W_v.shape[1]} bases per source but nmf.n_components is "
+                f"{config.nmf.n_components}; resume with the run's config or start a new --out"
+            )
         W, start, history = torch.stack([W_v, W_nv]), card["iteration"], card["objective"]
     last = config.nmf.train_iterations
 
