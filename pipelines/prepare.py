@@ -22,7 +22,13 @@ import os
 import sys
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from karaoke.config import ExperimentConfig
+    from karaoke.corpora.base import Song
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +37,11 @@ MAX_EXIT_STATUS = 100
 BLOCKS_PER_CPU = 4
 
 
-def _song_to_json(song) -> str:
+def _song_to_json(song: "Song") -> str:
     return json.dumps(asdict(song))
 
 
-def _song_from_json(text: str):
+def _song_from_json(text: str) -> "Song":
     from karaoke.corpora.base import Song, Stem
 
     data = json.loads(text)
@@ -55,7 +61,7 @@ def _prepare_row(row: dict[str, Any], config_dict: dict, dataset: str) -> dict[s
     return {"status": json.dumps(status)}
 
 
-def prepare_dataset(config, dataset: str, strict: bool = False) -> dict[str, Any]:
+def prepare_dataset(config: "ExperimentConfig", dataset: str, strict: bool = False) -> dict[str, Any]:
     """Prepare every song of `config.corpus` into `dataset` and write its manifest; returns the manifest.
 
     Songs whose shards are already there are skipped. A failed song is recorded and the job goes on,
@@ -115,7 +121,7 @@ def summary_line(manifest: dict[str, Any], seconds: float) -> str:
     )
 
 
-def read_windows_dataset(dataset: str, split: str):
+def read_windows_dataset(dataset: str, split: str) -> "ray.data.Dataset":
     """A split's training windows as a `ray.data.Dataset` whose tensor columns have shape (n_bins, T).
 
     Reads only the shards listed in the manifest, so files of an unfinished rerun are never seen.
