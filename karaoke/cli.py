@@ -119,7 +119,7 @@ def train_nmf_command(config_path: str, overrides: tuple[str, ...], dataset: str
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True), help="DNN checkpoint folder.")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True), help="DNN checkpoint folder, or a training run folder (its last epoch).")
 @click.option("--alpha", default=0.5, show_default=True, type=float, help="Mask threshold of Eq. 2, in (0, 1).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--chunk-seconds", default=30.0, show_default=True, help="Audio processed at once (bounds memory).")

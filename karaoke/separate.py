@@ -356,8 +356,9 @@ def separate_files(
     progress: bool = False,
     precision: str = "float32",
 ) -> Iterator[Path]:
-    """`karaoke separate`: every file (folders are searched for audio) with a DNN checkpoint; runs on
-    the GPU when there is one. Yields each output folder; the model's config is saved in `out_dir`."""
+    """`karaoke separate`: every file (folders are searched for audio) with a DNN checkpoint (or the
+    last one of a training run directory); runs on the GPU when there is one. Yields each output
+    folder; the model's config is saved in `out_dir`."""
     from tqdm import tqdm
 
     from karaoke.errors import ConfigError
@@ -369,6 +370,10 @@ def separate_files(
     except ValueError as exc:
         raise ConfigError(f"--alpha: {exc}") from None
     files = _input_files(inputs)
+    # a training run directory stands for its last epoch's checkpoint
+    epochs = sorted(Path(model_dir).glob("epoch_*/checkpoint.json"))
+    if epochs and not (Path(model_dir) / "checkpoint.json").exists():
+        model_dir = epochs[-1].parent
     model, config, _ = load_dnn(model_dir, device=pick_device())
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     save_config(config, Path(out_dir) / "config.yaml")

@@ -75,6 +75,19 @@ def test_two_workers_checkpoint_resume_and_separate(dataset, synth_root, tmp_pat
     assert result.vocals.shape == result.accompaniment.shape == song.mixture.shape
     assert np.isfinite(result.vocals).all() and np.abs(result.accompaniment).max() > 0
 
+    # `karaoke separate` given the run directory uses its last epoch
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from karaoke.cli import main
+
+    sf.write(tmp_path / "song.wav", song.mixture, song.sample_rate, subtype="FLOAT")
+    out = tmp_path / "separated"
+    cli = CliRunner().invoke(main, ["separate", str(tmp_path / "song.wav"), "--model", run_dir, "--out", str(out)])
+    assert cli.exit_code == 0, cli.output
+    vocals, _ = sf.read(out / "song" / "vocals.wav", dtype="float32")
+    np.testing.assert_allclose(vocals, result.vocals, atol=1e-4)
+
 
 def test_run_directory_on_s3_finds_the_last_complete_checkpoint(s3_endpoint, small_config, tmp_path):
     import fsspec
