@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from karaoke.masks import check_alpha
 
 DEFAULT_BATCH_WINDOWS = 256
 Precision = Literal["float32", "bfloat16"]
@@ -137,8 +136,3 @@ def soft_mask(
     parts = [stream.push(magnitude), stream.finish()]
     return torch.cat(parts, dim=-1).cpu().numpy()
 
-
-def soft_to_binary(probability: np.ndarray | torch.Tensor, alpha: float):
-    """Eq. 2 on a soft mask of either kind: (vocal p > alpha, accompaniment p < 1 - alpha)."""
-    alpha = check_alpha(alpha)
-    return probability > alpha, probability < 1.0 - alpha

@@ -120,7 +120,7 @@ def test_nan_loss_stops_training_before_the_weights_change(small_config):
     with pytest.raises(TrainingError, match="batch 1"):
         train_epoch(model, [good, bad], optimizer, loss_fn, torch.device("cpu"))
     after_first = [p.detach().clone() for p in model.parameters()]
-    assert any(not torch.equal(a, b) for a, b in zip(before, after_first))  # the good batch did train
+    assert any(not torch.equal(a, b) for a, b in zip(before, after_first, strict=True))  # the good batch did train
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -140,7 +140,7 @@ def test_checkpoint_round_trip_resume_and_refusals(small_config, tmp_path):
     fresh = build_model(small_config)
     fresh_optimizer = make_optimizer(fresh, small_config.train)
     assert restore_training(tmp_path / "ckpt", fresh, fresh_optimizer, small_config)["epoch"] == 3
-    for p, q in zip(optimizer.param_groups[0]["params"], fresh_optimizer.param_groups[0]["params"]):
+    for p, q in zip(optimizer.param_groups[0]["params"], fresh_optimizer.param_groups[0]["params"], strict=True):
         assert torch.equal(optimizer.state[p]["momentum_buffer"], fresh_optimizer.state[q]["momentum_buffer"])
 
     wider = config_from_dict(small_config_dict(small_config.corpus.root, dnn={"hidden_sizes": [32]}))
