@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -144,18 +145,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    work = Path(tempfile.mkdtemp(prefix="karaoke-bench-prepare-"))
+    try:
+        run(args, work)
+    finally:
+        # Every repeat writes a full dataset (GBs for the whole MIR-1K subset).
+        shutil.rmtree(work, ignore_errors=True)
 
+
+def run(args: argparse.Namespace, work: Path) -> None:
     import ray
 
     from karaoke.config import config_from_dict, config_to_dict
     from karaoke.corpora import list_songs
 
-    work = Path(tempfile.mkdtemp(prefix="karaoke-bench-prepare-"))
     config = build_config(args.layout, args.songs, work)
     songs = list_songs(config.corpus)
     audio_seconds = sum(song.load(config.corpus.sample_rate, config.corpus.mixing).seconds for song in songs)
     load_before = os.getloadavg()[0]
-    print(f"corpus: {args.layout}, {len(songs)} songs, {audio_seconds:.0f} s of audio; work folder {work}")
+    print(f"corpus: {args.layout}, {len(songs)} songs, {audio_seconds:.0f} s of audio")
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     # Worker processes and imports are paid once, as a long job pays them once.
