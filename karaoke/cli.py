@@ -153,15 +153,11 @@ def evaluate(
     config_path: str, overrides: tuple[str, ...], run_dir: str, dataset: str | None, dnn: tuple[str, ...], nmf: tuple[str, ...], ibm: bool
 ) -> None:
     """Score checkpoints (and the IBM) over the alpha grid on evaluation.split, in parallel Ray tasks."""
-    import ray
-
     from karaoke.config import load_config
-    from pipelines.evaluate import evaluate as run_evaluation
-    from pipelines.evaluate import parse_providers
+    from pipelines.evaluate import evaluate_on_ray, parse_providers
 
     config = load_config(config_path, overrides)
-    ray.init(ignore_reinit_error=True, log_to_driver=False)
-    click.echo(f"wrote {run_evaluation(config, run_dir, parse_providers(list(dnn), list(nmf), ibm), dataset)}")
+    click.echo(f"wrote {evaluate_on_ray(config, run_dir, parse_providers(list(dnn), list(nmf), ibm), dataset)}")
 
 
 @main.command()

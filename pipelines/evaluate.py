@@ -150,9 +150,16 @@ def parse_providers(dnn: list[str], nmf: list[str], ibm: bool) -> list[tuple[str
     return [("ibm", None)] * ibm + [("dnn", c) for c in dnn] + [("nmf", c) for c in nmf]
 
 
-def main(argv: list[str] | None = None) -> None:
+def evaluate_on_ray(config, out_dir: str | Path, providers: list[tuple[str, str | None]], dataset: str | None = None) -> Path:
+    """`evaluate` after joining (or starting) a Ray cluster: the entry point of the CLI."""
     import ray
 
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    return evaluate(config, out_dir, providers, dataset)
+
+
+def main(argv: list[str] | None = None) -> None:
     from karaoke.config import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -165,9 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(ignore_reinit_error=True)
-    print(evaluate(config, args.out, parse_providers(args.dnn, args.nmf, args.ibm), args.dataset))
+    print(evaluate_on_ray(config, args.out, parse_providers(args.dnn, args.nmf, args.ibm), args.dataset))
 
 
 if __name__ == "__main__":
