@@ -123,3 +123,14 @@ def s3_endpoint():
             os.environ[key] = value
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread: on a shared 2-core machine, spinning thread pools slow tiny models down."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
