@@ -106,7 +106,7 @@ def train_dnn_command(config_path: str, overrides: tuple[str, ...], dataset: str
 @config_option
 @set_option
 @click.option("--data", "dataset", required=True, help="Prepared dataset (folder or s3:// URL, see `pipelines.prepare`).")
-@click.option("--out", "run_dir", required=True, help="Local run directory for the bases, objective and checkpoints.")
+@click.option("--out", "run_dir", required=True, help="Run directory for the bases, objective and checkpoints (folder or s3:// URL).")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
 def train_nmf_command(config_path: str, overrides: tuple[str, ...], dataset: str, run_dir: str, resume: bool) -> None:
     """Learn the NMF baseline's vocal and accompaniment bases as distributed KL-NMF on Ray Train."""
@@ -114,7 +114,7 @@ def train_nmf_command(config_path: str, overrides: tuple[str, ...], dataset: str
     from pipelines.train_nmf import train_nmf
 
     bases = train_nmf(load_config(config_path, overrides), dataset, run_dir, resume=resume)
-    click.echo(f"NMF bases: {bases}  objective per iteration: {bases.parent / 'objective.json'}")
+    click.echo(f"NMF bases: {bases}  objective per iteration: {bases.rsplit('/', 1)[0]}/objective.json")
 
 
 @main.command()

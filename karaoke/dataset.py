@@ -26,8 +26,7 @@ import json
 import posixpath
 import re
 import time
-import uuid
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +35,7 @@ from karaoke.corpora.base import Song
 from karaoke.errors import KaraokeError
 from karaoke.features import song_features, training_rows
 from karaoke.mixing import MixedSong
+from karaoke.storage import open_fs, write_atomic
 
 FORMAT = "karaoke-dataset/1"
 MANIFEST = "manifest.json"
@@ -53,44 +53,6 @@ _META_KEY = b"karaoke"
 
 class DatasetError(KaraokeError, ValueError):
     """A dataset folder is missing, unfinished, from another config, or lacks a split."""
-
-
-def open_fs(url: str) -> tuple[Any, str]:
-    """(fsspec filesystem, path inside it) of a local path or URL; credentials come from the environment."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(str(url))
-    # fsspec shares filesystem instances and s3fs caches listings; shards written by other processes
-    # (the Ray tasks) would be missing from a stale listing.
-    fs.invalidate_cache()
-    return fs, path.rstrip("/")
-
-
-def _is_local(fs: Any) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
-
-
-def write_atomic(fs: Any, path: str, write: Callable[[Any], None]) -> None:
-    """Call `write(binary_handle)` so that `path` appears complete or not at all.
-
-    Locally the file is written under a hidden unique name and renamed (atomic on POSIX); on object
-    stores a PUT or multipart upload only becomes visible when it completes, so it is written in place.
-    """
-    if not _is_local(fs):
-        with fs.open(path, "wb") as handle:
-            write(handle)
-        return
-    folder = posixpath.dirname(path)
-    fs.makedirs(folder, exist_ok=True)
-    tmp = posixpath.join(folder, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.partial")
-    try:
-        with fs.open(tmp, "wb") as handle:
-            write(handle)
-        fs.mv(tmp, path)
-    finally:
-        if fs.exists(tmp):
-            fs.rm(tmp)
 
 
 def shard_name(song_id: str) -> str:

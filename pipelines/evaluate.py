@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ EXCERPT_SECONDS = 10.0
 def vocal_probability(method: str, checkpoint: str | None, song, config) -> tuple[np.ndarray, np.ndarray]:
     """(mixture STFT, vocal probability), each (n_bins, n_frames), of one song under one provider."""
     from karaoke.features import song_features
+    from karaoke.storage import local_copy
 
     features = song_features(song, config)
     if method == "ibm":
@@ -37,12 +39,14 @@ def vocal_probability(method: str, checkpoint: str | None, song, config) -> tupl
         from karaoke.inference import soft_mask
         from karaoke.models.dnn import load_dnn
 
-        model, _, _ = load_dnn(checkpoint, config)
+        with local_copy(checkpoint) as folder:
+            model, _, _ = load_dnn(folder, config)
         probability = soft_mask(model, features.mixture, config.windows.n_frames, scale=1.0)
     elif method == "nmf":
         from karaoke.models.nmf import load_bases, nmf_vocal_probability
 
-        W_v, W_nv, _ = load_bases(checkpoint, config)
+        with local_copy(checkpoint) as folder:
+            W_v, W_nv, _ = load_bases(folder, config)
         probability = nmf_vocal_probability(
             features.mixture, W_v, W_nv, config.windows.n_frames, config.nmf.test_iterations, config.nmf.seed
         )
@@ -100,24 +104,43 @@ def load_split_songs(config, dataset: str | None, split: str) -> list:
     return [s.load(config.corpus.sample_rate, config.corpus.mixing) for s in list_songs(config.corpus, split)]
 
 
-def evaluate(config, out_dir: str | Path, providers: list[tuple[str, str | None]], dataset: str | None = None) -> Path:
-    """Score every (song, provider) of `evaluation.split` in parallel Ray tasks; returns scores.parquet."""
-    import ray
+def evaluate(
+    config, out_dir: str | Path, providers: list[tuple[str, str | None]], dataset: str | None = None
+) -> Path | str:
+    """Score every (song, provider) of `evaluation.split` in parallel Ray tasks; returns scores.parquet.
 
-    from karaoke.config import save_config
+    `out_dir` is a folder or a URL (s3://...): there the tables are written locally, then uploaded
+    with scores.parquet last. Checkpoints may be URLs too: each task fetches its own copy.
+    """
     from karaoke.errors import KaraokeError
-    from karaoke.metrics import global_scores, summarise
-    from karaoke.report import write_atomic, write_scores
+    from karaoke.storage import is_url, join, upload_folder
 
     if not providers:
         raise KaraokeError("nothing to evaluate: give --dnn and/or --nmf checkpoints, or keep the IBM")
     songs = load_split_songs(config, dataset, config.evaluation.split)
     if not songs:
         raise KaraokeError(f"no songs in split {config.evaluation.split!r}; set evaluation.split to one that has songs")
-    scores_dir = Path(out_dir) / "scores"
+    if is_url(out_dir):
+        with tempfile.TemporaryDirectory(prefix="karaoke-scores-") as staging:
+            _score(config, Path(staging), providers, songs)
+            upload_folder(staging, join(out_dir, "scores"), last="scores.parquet")
+        return join(out_dir, "scores", "scores.parquet")
+    return _score(config, Path(out_dir) / "scores", providers, songs)
+
+
+def _score(config, scores_dir: Path, providers: list[tuple[str, str | None]], songs: list) -> Path:
+    import ray
+
+    from karaoke.config import save_config
+    from karaoke.metrics import global_scores, summarise
+    from karaoke.report import write_atomic, write_scores
+
     scores_dir.mkdir(parents=True, exist_ok=True)
 
-    task = ray.remote(num_cpus=1)(score_song)
+    from pipelines.prepare import _forwarded_env
+
+    env = _forwarded_env()  # s3:// checkpoints and songs, on workers started without the driver's AWS_*
+    task = ray.remote(num_cpus=1, runtime_env={"env_vars": env} if env else None)(score_song)
     config_ref = ray.put(config)
     futures = []
     for k, song in enumerate(songs):

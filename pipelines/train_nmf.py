@@ -17,7 +17,6 @@ H is not checkpointed: a resumed fit starts H again from its seed, so the object
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -119,30 +118,36 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         publish(W)
 
 
-def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> Path:
-    """Fit the bases on a Ray Dataset of training windows into `run_dir`; returns `run_dir/bases`.
+def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> str:
+    """Fit the bases on a Ray Dataset of training windows into `run_dir` (a folder or an s3:// URL);
+    returns `run_dir/bases`.
 
     `train_ds` has `song_id`, `start_frame`, `vocals` and `accompaniment` (n_bins, T) columns (as
     `pipelines.prepare.read_windows_dataset` gives). Needs a connected Ray.
     """
+    import os
+
     import ray.data
     import ray.train
+    import yaml
     from ray.train.torch import TorchTrainer
 
     from karaoke.checkpoint import load_checkpoint
-    from karaoke.config import config_to_dict, save_config
+    from karaoke.config import config_to_dict
     from karaoke.errors import KaraokeError
+    from karaoke.storage import exists, is_url, join, open_fs, upload_folder, write_atomic, write_json
 
-    run_dir = Path(run_dir).resolve()
-    storage = run_dir / "ray"
-    started = (storage / RUN_NAME).exists()
+    run_dir = str(run_dir) if is_url(run_dir) else str(Path(run_dir).resolve())
+    storage = join(run_dir, "ray")
+    started = exists(join(storage, RUN_NAME))
     if started and not resume:
         raise KaraokeError(f"{run_dir}: holds an NMF run already; pass --resume to continue it or choose another --out")
     if resume and not started:
-        raise KaraokeError(f"{run_dir}: no NMF run to resume (nothing under {storage / RUN_NAME})")
-    run_dir.mkdir(parents=True, exist_ok=True)
+        raise KaraokeError(f"{run_dir}: no NMF run to resume (nothing under {join(storage, RUN_NAME)})")
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
-    save_config(config, run_dir / "config.yaml")
+    fs, root = open_fs(run_dir)
+    config_yaml = yaml.safe_dump(config_to_dict(config), sort_keys=False).encode()
+    write_atomic(fs, f"{root}/config.yaml", lambda handle: handle.write(config_yaml))
     nmf = config.nmf
     trainer = TorchTrainer(
         train_loop,
@@ -155,27 +160,35 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> Pa
         # Same name and storage: Train restores the run's latest checkpoint when it is started again.
         run_config=ray.train.RunConfig(
             name=RUN_NAME,
-            storage_path=str(storage),
+            storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=nmf.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # s3:// credentials and endpoint from the driver, for workers of a cluster started without them
+            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}},
         ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise KaraokeError(f"{storage / RUN_NAME}: training finished without a checkpoint")
-    # Copy, verify, then rename: a `bases/` folder is always a whole checkpoint.
-    partial = run_dir / ".bases.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    result.checkpoint.to_directory(str(partial))
-    _, _, card = load_checkpoint(partial, "nmf", config, ("stft", "windows"))
-    shutil.rmtree(run_dir / "bases", ignore_errors=True)
-    partial.rename(run_dir / "bases")
-    (run_dir / ".objective.json.partial").write_text(json.dumps(card["objective"], indent=1))
-    (run_dir / ".objective.json.partial").replace(run_dir / "objective.json")
-    return run_dir / "bases"
+        raise KaraokeError(f"{join(storage, RUN_NAME)}: training finished without a checkpoint")
+    # Copy and verify locally, then publish: a `bases/` folder is always a whole checkpoint (its card,
+    # written last, carries the digest of the tensors).
+    with tempfile.TemporaryDirectory(prefix="karaoke-bases-") as staging:
+        result.checkpoint.to_directory(staging)
+        _, _, card = load_checkpoint(staging, "nmf", config, ("stft", "windows"))
+        bases = join(run_dir, "bases")
+        if is_url(run_dir):
+            upload_folder(staging, bases, last="checkpoint.json")
+        else:
+            partial = Path(run_dir) / ".bases.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(staging, partial)
+            shutil.rmtree(bases, ignore_errors=True)
+            partial.rename(bases)
+    write_json(join(run_dir, "objective.json"), card["objective"])
+    return bases
 
 
-def train_nmf(config, dataset: str, run_dir: str, resume: bool = False) -> Path:
+def train_nmf(config, dataset: str, run_dir: str, resume: bool = False) -> str:
     """The command: read the dataset's train windows and fit; returns the bases folder."""
     import os
 

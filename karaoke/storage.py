@@ -1,0 +1,119 @@
+"""Run storage: a local folder or any fsspec URL (s3://bucket/prefix), written so that nothing
+half-written ever looks complete.
+
+Stages that write through fsspec (datasets, Ray Train checkpoints) write to the URL directly; stages
+whose tools write local files (scores, figures) write into a local folder that `upload_folder` then
+copies up, the file that marks completion last. Credentials and endpoints come from the environment
+(AWS_*), as for every fsspec/s3fs client.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+
+def is_url(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+def join(location: str | Path, *parts: str) -> str:
+    """`location/part/...` for a local path or a URL."""
+    return posixpath.join(str(location).rstrip("/"), *parts)
+
+
+def open_fs(url: str | Path) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) of a local path or URL; credentials come from the environment."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(url))
+    # fsspec shares filesystem instances and s3fs caches listings; files written by other processes
+    # (Ray tasks) would be missing from a stale listing.
+    fs.invalidate_cache()
+    return fs, path.rstrip("/")
+
+
+def is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def write_atomic(fs: Any, path: str, write: Callable[[Any], None]) -> None:
+    """Call `write(binary_handle)` so that `path` appears complete or not at all.
+
+    Locally the file is written under a hidden unique name and renamed (atomic on POSIX); on object
+    stores a PUT or multipart upload only becomes visible when it completes, so it is written in place.
+    """
+    if not is_local(fs):
+        with fs.open(path, "wb") as handle:
+            write(handle)
+        return
+    folder = posixpath.dirname(path)
+    fs.makedirs(folder, exist_ok=True)
+    tmp = posixpath.join(folder, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.partial")
+    try:
+        with fs.open(tmp, "wb") as handle:
+            write(handle)
+        fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+def exists(location: str | Path) -> bool:
+    fs, path = open_fs(location)
+    return fs.exists(path)
+
+
+def read_json(location: str | Path) -> Any:
+    """The JSON document at a path or URL, or None when there is none."""
+    fs, path = open_fs(location)
+    if not fs.isfile(path):
+        return None
+    with fs.open(path, "rb") as handle:
+        return json.loads(handle.read())
+
+
+def write_json(location: str | Path, document: Any) -> None:
+    fs, path = open_fs(location)
+    payload = json.dumps(document, indent=1, allow_nan=False).encode()
+    write_atomic(fs, path, lambda handle: handle.write(payload))
+
+
+def upload_folder(local: str | Path, location: str | Path, last: str | None = None) -> None:
+    """Copy the files under `local` to `location` (a URL or another folder), `last` (a relative path)
+    after all the others, so that its presence there means the whole folder arrived."""
+    fs, root = open_fs(location)
+    local = Path(local)
+    files = sorted(p for p in local.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files.sort(key=lambda p: p.relative_to(local).as_posix() == last)
+    for file in files:
+        target = posixpath.join(root, file.relative_to(local).as_posix())
+        write_atomic(fs, target, lambda handle, file=file: handle.write(file.read_bytes()))
+
+
+def download_folder(location: str | Path, local: str | Path) -> Path:
+    """Copy the files under a URL (or folder) into the local folder `local`; returns `local`."""
+    fs, root = open_fs(location)
+    local = Path(local)
+    for path in fs.find(root):
+        target = local / posixpath.relpath(path, root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open(path, "rb") as handle:
+            target.write_bytes(handle.read())
+    return local
+
+
+@contextmanager
+def local_copy(location: str | Path) -> Iterator[Path]:
+    """A local folder holding what is at `location`: the folder itself, or a temporary download of a URL."""
+    if not is_url(location):
+        yield Path(location)
+        return
+    with tempfile.TemporaryDirectory(prefix="karaoke-") as folder:
+        yield download_folder(location, folder)
