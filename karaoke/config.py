@@ -77,6 +77,12 @@ class WindowConfig:
 
     n_frames: PositiveInt = 20
     train_hop: PositiveInt = 60
+    # Beyond the paper (0 = off): each training song adds `remixes` copies of its voice over another
+    # training song's accompaniment, the voice at a random gain within +-`remix_gain_db` dB (seeded
+    # by `remix_seed` and the song id, so a rerun cuts the same windows).
+    remixes: Annotated[int, Field(ge=0)] = 0
+    remix_gain_db: Annotated[float, Field(ge=0)] = 6.0
+    remix_seed: int = 0
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -90,6 +96,9 @@ class DnnConfig:
     hidden_sizes: tuple[PositiveInt, ...] = ()
     n_hidden_layers: PositiveInt = 1
     bias_offset: float = 6.0
+    # Beyond the paper: 0 feeds the unit-scale magnitudes x as they are (the paper); g > 0 feeds
+    # log1p(g x) / log1p(g), still in [0, 1] but with quiet bins no longer crushed towards 0.
+    log_input_gain: Annotated[float, Field(ge=0)] = 0.0
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -139,6 +148,9 @@ class EvaluationConfig:
     alphas: tuple[Alpha, ...] = Field(default_factory=_default_alphas)
     alpha: Alpha = 0.5
     split: Split = "test"
+    # "binary": the paper's Eq. 2 masks; "soft" (beyond the paper): the selected bins weighted by p
+    # and 1 - p, alpha acting as a floor (`karaoke.masks.alpha_masks`).
+    mask: Literal["binary", "soft"] = "binary"
 
 
 @dataclass(frozen=True, config=_STRICT)

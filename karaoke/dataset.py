@@ -33,7 +33,7 @@ import numpy as np
 from karaoke.config import ExperimentConfig, config_digest, config_from_dict, config_to_dict
 from karaoke.corpora.base import Song
 from karaoke.errors import KaraokeError
-from karaoke.features import song_features, training_rows
+from karaoke.features import remix_partners, song_features, song_training_rows, training_rows
 from karaoke.mixing import MixedSong
 from karaoke.storage import open_fs, write_atomic
 
@@ -105,8 +105,23 @@ def _write_table(fs: Any, path: str, table, meta: dict[str, Any]) -> None:
     write_atomic(fs, path, lambda handle: pq.write_table(table, handle))
 
 
+def remix_partner_songs(song: Song, config: ExperimentConfig) -> list[MixedSong]:
+    """The training songs whose accompaniment goes under this training song's voice in its
+    `windows.remixes` remixed copies (none for other splits, or with remixes off)."""
+    if song.split != "train" or config.windows.remixes == 0:
+        return []
+    from karaoke.corpora import list_songs
+
+    by_id = {other.song_id: other for other in list_songs(config.corpus, "train")}
+    partners = remix_partners(song.song_id, list(by_id), config)
+    return [by_id[song_id].load(config.corpus.sample_rate, config.corpus.mixing) for song_id in partners]
+
+
 def prepare_song(song: Song, config: ExperimentConfig, dataset: str) -> dict[str, Any]:
     """Decode, mix, STFT, IBM and normalise one song and write its shards into `dataset`.
+
+    A training song with `windows.remixes` > 0 also gets the windows of its remixes (see
+    `karaoke.features.song_training_rows`), under its own song id and start frames.
 
     Returns its status: {song_id, split, status: "ok" | "failed", reason, seconds, n_windows, scale,
     files (relative to the dataset), config_digest}. A song that cannot be prepared is a "failed"
@@ -119,6 +134,9 @@ def prepare_song(song: Song, config: ExperimentConfig, dataset: str) -> dict[str
         mixed = song.load(config.corpus.sample_rate, config.corpus.mixing)
         features = song_features(mixed, config)
         rows = training_rows(features, config)
+        partners = remix_partner_songs(song, config)
+        if partners:
+            rows = song_training_rows(mixed, config, partners)
         table = window_table(song.song_id, rows, config.stft.n_bins, config.windows.n_frames)
     except Exception as exc:  # noqa: BLE001 - a song's failure is data for the manifest, not a crash
         status["reason"] = str(exc) if isinstance(exc, KaraokeError) else f"{type(exc).__name__}: {exc}"

@@ -1,8 +1,11 @@
 """Per-song features: the mixture STFT, unit-scale magnitudes of the mixture and both sources, the
-IBM, and the training windows cut from them (what the preparation job stores as rows)."""
+IBM, and the training windows cut from them (what the preparation job stores as rows), optionally
+with remixed copies of each song (`windows.remixes`, beyond the paper)."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,3 +58,44 @@ def training_rows(features: SongFeatures, config: ExperimentConfig) -> dict[str,
         "vocals": training_windows(features.vocals, size, hop),
         "accompaniment": training_windows(features.accompaniment, size, hop),
     }
+
+
+def remix_partners(song_id: str, candidates: Sequence[str], config: ExperimentConfig) -> list[str]:
+    """The `windows.remixes` song ids (other than `song_id`, drawn with replacement from the sorted
+    `candidates`) whose accompaniment is put under this song's voice; seeded by the song id."""
+    others = sorted(c for c in candidates if c != song_id)
+    if not others or config.windows.remixes == 0:
+        return []
+    rng = _song_rng(song_id, config, stream=0)
+    return [others[i] for i in rng.integers(0, len(others), config.windows.remixes)]
+
+
+def remix(song: MixedSong, partner: MixedSong, index: int, config: ExperimentConfig) -> MixedSong:
+    """Remix `index` of a song: its voice at a random gain (uniform in +-`windows.remix_gain_db` dB)
+    over the partner's accompaniment, looped if shorter and cut at a random offset to the song's length."""
+    rng = _song_rng(song.song_id, config, stream=1 + index)
+    n = len(song.vocals)
+    repeats = -(-n // max(len(partner.accompaniment), 1)) + 1
+    looped = np.tile(partner.accompaniment, repeats)
+    offset = int(rng.integers(0, len(looped) - n + 1))
+    gain = np.float32(10 ** (rng.uniform(-1, 1) * config.windows.remix_gain_db / 20))
+    vocals, accompaniment = song.vocals * gain, looped[offset : offset + n]
+    return MixedSong(
+        f"{song.song_id}+{partner.song_id}", song.split, song.sample_rate, vocals + accompaniment, vocals, accompaniment
+    )
+
+
+def song_training_rows(song: MixedSong, config: ExperimentConfig, partners: Sequence[MixedSong] = ()) -> dict[str, np.ndarray]:
+    """`training_rows` of a song followed by those of its remixes over each of `partners` (see
+    `remix_partners`); `remix` is (n_windows,) int, 0 for the song itself and i + 1 for remix i."""
+    parts = [training_rows(song_features(song, config), config)]
+    for index, partner in enumerate(partners):
+        parts.append(training_rows(song_features(remix(song, partner, index, config), config), config))
+    rows = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    rows["remix"] = np.concatenate([np.full(len(part["start_frame"]), i, dtype=np.int64) for i, part in enumerate(parts)])
+    return rows
+
+
+def _song_rng(song_id: str, config: ExperimentConfig, stream: int) -> np.random.Generator:
+    digest = hashlib.sha256(f"{config.windows.remix_seed}/{stream}/{song_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))

@@ -8,10 +8,13 @@ network's input being a window unpacked to n_bins * window_frames values (bin-ma
 - Eq. 1: the network predicts a window from every hop-1 window position, so bin (f, t) receives
   up to `window_frames` predictions; their mean p(f, t) is its probability of being vocal.
 - Eq. 2: vocal mask = p > alpha, accompaniment mask = p < 1 - alpha. Bins in between are in neither
-  estimate, which trades artefacts (SAR) for interference (SIR) as alpha moves.
+  estimate, which trades artefacts (SAR) for interference (SIR) as alpha moves. The "soft" mask
+  mode (`evaluation.mask`, beyond the paper) weights the selected bins by p and 1 - p.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 
@@ -82,10 +85,24 @@ def check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
-def alpha_masks(probability: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 2: (vocal mask p > alpha, accompaniment mask p < 1 - alpha) of a (n_bins, n_frames) p."""
+MaskMode = Literal["binary", "soft"]
+
+
+def alpha_masks(probability: np.ndarray, alpha: float, mode: MaskMode = "binary") -> tuple[np.ndarray, np.ndarray]:
+    """Vocal and accompaniment masks of a (n_bins, n_frames) p (numpy or torch), each of p's shape.
+
+    "binary" is Eq. 2: (p > alpha, p < 1 - alpha). "soft" (beyond the paper) keeps the averaged
+    probability itself where Eq. 2 selects a bin: (p * [p > alpha], (1 - p) * [p < 1 - alpha]);
+    alpha acts as a floor below which a bin is dropped, and small alphas approach the plain soft
+    masks (p, 1 - p), which sum to the mixture.
+    """
     alpha = check_alpha(alpha)
-    return probability > alpha, probability < 1.0 - alpha
+    vocal, accompaniment = probability > alpha, probability < 1.0 - alpha
+    if mode == "binary":
+        return vocal, accompaniment
+    if mode == "soft":
+        return probability * vocal, (1.0 - probability) * accompaniment
+    raise ValueError(f"mask mode must be 'binary' or 'soft', got {mode!r}")
 
 
 def apply_mask(mixture_stft: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -124,12 +124,14 @@ def score_alpha_grid(
     alphas: Sequence[float],
     stft_cfg: StftConfig,
     sample_rate: int | None = None,
+    mode: str = "binary",
 ) -> list[dict[str, float]]:
     """Score one song's soft mask at every alpha of a grid (paper Eq. 2 masks, then BSS-EVAL).
 
     mixture_stft: (n_bins, n_frames) complex; probability: (n_bins, n_frames) vocal probability;
     references: (2, n_samples) [vocals, accompaniment]; mixture: (n_samples,). One row per alpha
     (`alpha` plus the columns of the module docstring; framewise ones only with `sample_rate`).
+    `mode` is the mask mode of `karaoke.masks.alpha_masks` ("binary": Eq. 2).
     """
     from karaoke.separate import masks_to_audio
 
@@ -138,7 +140,7 @@ def score_alpha_grid(
     rows = []
     # One alpha at a time: a whole sweep of a long song would hold gigabytes of estimates.
     for alpha in alphas:
-        estimates = np.stack(masks_to_audio(mixture_stft, probability, alpha, stft_cfg, n_samples))
+        estimates = np.stack(masks_to_audio(mixture_stft, probability, alpha, stft_cfg, n_samples, mode))
         rows.append({"alpha": float(alpha), **scorer.score(estimates[None])[0]})
     return rows
 

@@ -24,21 +24,27 @@ import torch
 
 from karaoke.config import ExperimentConfig, StftConfig, save_config
 from karaoke.errors import AudioError
-from karaoke.masks import alpha_masks, apply_mask
+from karaoke.masks import MaskMode, alpha_masks, apply_mask
 from karaoke.spectral import istft
 
 BlockSource = Callable[[], Iterable[np.ndarray]]
 
 
 def masks_to_audio(
-    mixture_stft: np.ndarray, probability: np.ndarray, alpha: float, stft_cfg: StftConfig, n_samples: int
+    mixture_stft: np.ndarray,
+    probability: np.ndarray,
+    alpha: float,
+    stft_cfg: StftConfig,
+    n_samples: int,
+    mode: MaskMode = "binary",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Vocal and accompaniment audio (each (..., n_samples)) from a complex mixture STFT
-    (..., n_bins, n_frames) and a vocal probability (n_bins, n_frames), thresholded at alpha (Eq. 2).
+    (..., n_bins, n_frames) and a vocal probability (n_bins, n_frames), thresholded at alpha (Eq. 2;
+    `mode` as in `karaoke.masks.alpha_masks`).
 
     A stereo STFT (2, n_bins, n_frames) gets the same mono-derived mask on both channels.
     """
-    vocal_mask, accompaniment_mask = alpha_masks(probability, alpha)
+    vocal_mask, accompaniment_mask = alpha_masks(probability, alpha, mode)
     vocals = istft(apply_mask(mixture_stft, vocal_mask), stft_cfg, n_samples)
     accompaniment = istft(apply_mask(mixture_stft, accompaniment_mask), stft_cfg, n_samples)
     return vocals.astype(np.float32), accompaniment.astype(np.float32)
@@ -167,7 +173,8 @@ def separate_stream(
     same blocks each time it is called (it is read twice).
 
     Yields (vocals, accompaniment) blocks, each (n_channels, m) float32, in order; the mask of a
-    stereo signal comes from its mono downmix and is applied to every channel. With
+    stereo signal comes from its mono downmix and is applied to every channel (binary or soft as
+    `config.evaluation.mask` says). With
     `keep_probability`, finally yields the soft mask p (n_bins, n_frames) of Eq. 1.
     """
     from karaoke.inference import StreamingSoftMask
@@ -188,7 +195,7 @@ def separate_stream(
         ready, waiting = spec[..., : probability.shape[-1]], [spec[..., probability.shape[-1] :]]
         if keep_probability:
             probabilities.append(probability.cpu().numpy())
-        vocal, accompaniment = alpha_masks(probability, alpha)
+        vocal, accompaniment = alpha_masks(probability, alpha, config.evaluation.mask)
         return vocal_ola.push(ready * vocal), accompaniment_ola.push(ready * accompaniment)
 
     def frames_out(spec: torch.Tensor | None):

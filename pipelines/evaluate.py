@@ -64,14 +64,15 @@ def score_song(song, method: str, checkpoint: str | None, config, excerpt: bool 
     mixture_stft, probability = vocal_probability(method, checkpoint, song, config)
     references = np.stack([song.vocals, song.accompaniment])
     rows = score_alpha_grid(
-        mixture_stft, probability, references, song.mixture, config.evaluation.alphas, config.stft, song.sample_rate
+        mixture_stft, probability, references, song.mixture, config.evaluation.alphas, config.stft, song.sample_rate,
+        config.evaluation.mask,
     )
     meta = {"method": method, "song_id": song.song_id, "split": song.split, "seconds": song.seconds}
     result: dict[str, Any] = {"rows": [meta | row for row in rows]}
     if excerpt:
         n = min(len(song.mixture), int(EXCERPT_SECONDS * song.sample_rate))
         vocals, accompaniment = masks_to_audio(
-            mixture_stft, probability, config.evaluation.alpha, config.stft, len(song.mixture)
+            mixture_stft, probability, config.evaluation.alpha, config.stft, len(song.mixture), config.evaluation.mask
         )
         result["excerpt"] = {
             "mixture": song.mixture[:n],

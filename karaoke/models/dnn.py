@@ -4,6 +4,7 @@ A window of T consecutive mixture-magnitude frames (n_bins, T), unpacked bin-maj
 n_inputs = n_bins * T values, goes through hidden layers h = sigmoid(W x + c - b) with the fixed
 offset b = `dnn.bias_offset` (6 in the paper) on top of the learned per-unit biases c, and an output
 layer y = sigmoid(W h + c) of n_inputs values: the predicted ideal binary mask of the window.
+`dnn.log_input_gain` > 0 (beyond the paper) log-compresses the input first.
 
 `train_epoch` and `evaluate` take any iterable of batches (dicts with "mixture" and "ibm", each
 (batch, n_bins, T)), so a Ray Train worker and a unit test run the same code.
@@ -52,9 +53,12 @@ class BiasedSigmoid(nn.Module):
 class MaskDNN(nn.Module):
     """Mixture-magnitude window (batch, n_bins, T) -> vocal probability per bin (batch, n_bins, T)."""
 
-    def __init__(self, n_bins: int, n_frames: int, hidden_sizes: tuple[int, ...], bias_offset: float) -> None:
+    def __init__(
+        self, n_bins: int, n_frames: int, hidden_sizes: tuple[int, ...], bias_offset: float, log_input_gain: float = 0.0
+    ) -> None:
         super().__init__()
         self.n_bins, self.n_frames = n_bins, n_frames
+        self.log_input_gain = float(log_input_gain)
         n_inputs = n_bins * n_frames
         layers: list[nn.Module] = []
         width = n_inputs
@@ -69,6 +73,9 @@ class MaskDNN(nn.Module):
         """Pre-sigmoid output (batch, n_bins, T); the BCE loss uses it for numerical stability."""
         # unpack: (batch, n_bins, T) -> (batch, n_bins * T), bin-major as `window.reshape(-1)`
         x = windows.reshape(windows.shape[0], -1)
+        if self.log_input_gain > 0:
+            # compress: log1p(g x) / log1p(g) maps [0, 1] onto [0, 1] (`dnn.log_input_gain`)
+            x = torch.log1p(x.clamp_min(0) * self.log_input_gain) / math.log1p(self.log_input_gain)
         x = self.net[:-1](x)
         return x.reshape(-1, self.n_bins, self.n_frames)
 
@@ -78,7 +85,9 @@ class MaskDNN(nn.Module):
 
 def build_model(config: ExperimentConfig) -> MaskDNN:
     """The network of a config: n_inputs -> `config.hidden_sizes` -> n_inputs."""
-    return MaskDNN(config.stft.n_bins, config.windows.n_frames, config.hidden_sizes, config.dnn.bias_offset)
+    return MaskDNN(
+        config.stft.n_bins, config.windows.n_frames, config.hidden_sizes, config.dnn.bias_offset, config.dnn.log_input_gain
+    )
 
 
 def make_loss(train_cfg: TrainConfig) -> Callable[[MaskDNN, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:

@@ -1,0 +1,137 @@
+"""The options beyond the paper measured on MIR-1K (README "MIR-1K results"): soft masks, log-compressed
+input, remix augmentation. Each defaults to the paper's behaviour."""
+
+import numpy as np
+import pytest
+import torch
+
+from karaoke.config import config_from_dict
+from karaoke.features import remix, remix_partners, song_features, song_training_rows, training_rows
+from karaoke.masks import alpha_masks
+from karaoke.mixing import MixedSong
+from karaoke.models.dnn import build_model
+from karaoke.separate import masks_to_audio
+from karaoke.spectral import stft
+
+
+def _config(**sections):
+    base = {"stft": {"n_fft": 256, "hop_length": 64}, "windows": {"n_frames": 8, "train_hop": 4}}
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return config_from_dict(base)
+
+
+def _song(song_id: str, seconds: float, seed: int) -> MixedSong:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 8000)
+    vocals = (0.3 * rng.standard_normal(n)).astype(np.float32)
+    accompaniment = (0.5 * rng.standard_normal(n)).astype(np.float32)
+    return MixedSong(song_id, "train", 8000, vocals + accompaniment, vocals, accompaniment)
+
+
+def test_defaults_are_the_papers():
+    config = config_from_dict({})
+    assert config.evaluation.mask == "binary"
+    assert config.dnn.log_input_gain == 0.0
+    assert config.windows.remixes == 0
+
+
+def test_soft_masks_weight_the_selected_bins_by_p():
+    p = np.array([[0.05, 0.3, 0.5, 0.7, 0.95]], dtype=np.float32)
+    vocal, accompaniment = alpha_masks(p, 0.4, "soft")
+    binary_vocal, binary_accompaniment = alpha_masks(p, 0.4)
+    assert np.allclose(vocal, p * binary_vocal) and np.allclose(accompaniment, (1 - p) * binary_accompaniment)
+    assert np.allclose(vocal, [[0, 0, 0.5, 0.7, 0.95]]) and np.allclose(accompaniment, [[0.95, 0.7, 0.5, 0, 0]])
+    # The same rule on torch tensors (the streaming separation's type).
+    torch_vocal, _ = alpha_masks(torch.from_numpy(p), 0.4, "soft")
+    assert np.allclose(torch_vocal.numpy(), vocal)
+    with pytest.raises(ValueError, match="mask mode"):
+        alpha_masks(p, 0.4, "ratio")
+
+
+def test_soft_masks_at_a_low_floor_sum_to_the_mixture():
+    config = _config()
+    song = _song("a_1_01", 1.0, 0)
+    mixture_stft = stft(song.mixture, config.stft)
+    p = np.random.default_rng(1).uniform(0.02, 0.98, mixture_stft.shape).astype(np.float32)
+    vocals, accompaniment = masks_to_audio(mixture_stft, p, 0.01, config.stft, len(song.mixture), "soft")
+    assert np.max(np.abs(vocals + accompaniment - song.mixture)) < 1e-5
+    binary_vocals, _ = masks_to_audio(mixture_stft, p, 0.01, config.stft, len(song.mixture))
+    assert np.max(np.abs(binary_vocals - song.mixture)) < 1e-5  # every bin has p > 0.01
+
+
+def test_log_input_gain_compresses_the_input_and_zero_is_the_paper():
+    torch.manual_seed(0)
+    paper = build_model(_config(dnn={"hidden_sizes": [16], "bias_offset": 0.0}))
+    torch.manual_seed(0)
+    logged = build_model(_config(dnn={"hidden_sizes": [16], "bias_offset": 0.0, "log_input_gain": 100.0}))
+    x = torch.rand(3, 129, 8) * 0.01
+    compressed = torch.log1p(100 * x) / np.log1p(100)
+    assert torch.allclose(logged(x), paper(compressed), atol=1e-6)
+    assert not torch.allclose(logged(x), paper(x), atol=1e-4)
+    assert torch.allclose(logged(torch.ones(1, 129, 8)), paper(torch.ones(1, 129, 8)), atol=1e-6)  # 1 -> 1
+
+
+def test_remix_puts_the_voice_at_a_bounded_gain_over_a_stretch_of_the_partner():
+    config = _config(windows={"remixes": 3, "remix_gain_db": 6.0})
+    song, partner = _song("a_1_01", 2.0, 0), _song("b_2_02", 0.7, 1)  # the partner is shorter: looped
+    mixed = remix(song, partner, 0, config)
+    assert mixed.song_id == "a_1_01+b_2_02" and len(mixed.mixture) == len(song.mixture)
+    assert np.allclose(mixed.mixture, mixed.vocals + mixed.accompaniment)
+    gain = float(np.dot(mixed.vocals, song.vocals) / np.dot(song.vocals, song.vocals))
+    assert 10 ** (-6 / 20) - 1e-6 <= gain <= 10 ** (6 / 20) + 1e-6
+    looped = np.tile(partner.accompaniment, 5)
+    start = int(np.flatnonzero(np.isclose(looped, mixed.accompaniment[0]))[0])
+    assert np.array_equal(mixed.accompaniment, looped[start : start + len(song.mixture)])
+    # Seeded by the song id and the remix index: reruns agree, remixes differ.
+    assert np.array_equal(remix(song, partner, 0, config).mixture, mixed.mixture)
+    assert not np.allclose(remix(song, partner, 1, config).vocals, mixed.vocals)
+
+
+def test_remix_partners_are_other_songs_and_stable():
+    config = _config(windows={"remixes": 4})
+    ids = ["a_1_01", "a_1_02", "b_2_01"]
+    partners = remix_partners("a_1_01", ids, config)
+    assert len(partners) == 4 and "a_1_01" not in partners and set(partners) <= set(ids)
+    assert remix_partners("a_1_01", list(reversed(ids)), config) == partners
+    assert remix_partners("a_1_01", ["a_1_01"], config) == []
+    assert remix_partners("a_1_01", ids, _config()) == []
+
+
+def test_song_training_rows_add_the_remixed_windows_after_the_songs_own():
+    config = _config(windows={"remixes": 2})
+    song, partners = _song("a_1_01", 1.0, 0), [_song("b_2_02", 1.5, 1), _song("c_3_03", 0.5, 2)]
+    rows = song_training_rows(song, config, partners)
+    own = training_rows(song_features(song, config), config)
+    n = len(own["start_frame"])
+    assert np.array_equal(rows["remix"], np.repeat([0, 1, 2], n))
+    for key in own:
+        assert np.array_equal(rows[key][:n], own[key])
+        assert rows[key].shape[1:] == own[key].shape[1:]
+    assert not np.array_equal(rows["mixture"][n : 2 * n], own["mixture"])
+    plain = song_training_rows(song, _config())
+    assert np.array_equal(plain["mixture"], own["mixture"]) and not plain["remix"].any()
+
+
+def test_prepare_song_writes_the_remixed_windows_of_training_songs_only(tmp_path, synth_root):
+    from karaoke.corpora import list_songs
+    from karaoke.dataset import prepare_song, read_windows, remix_partner_songs, write_manifest
+    from tests.conftest import small_config_dict
+
+    config = config_from_dict(small_config_dict(str(synth_root), windows={"remixes": 2}))
+    songs = list_songs(config.corpus)
+    dataset = str(tmp_path / "ds")
+    statuses = [prepare_song(song, config, dataset) for song in songs]
+    write_manifest(dataset, config, statuses)
+    train = next(s for s in songs if s.split == "train")
+    mixed = train.load(16000, config.corpus.mixing)
+    expected = song_training_rows(mixed, config, remix_partner_songs(train, config))
+    windows = read_windows(dataset, "train", columns=["song_id", "mixture", "ibm"])
+    mine = windows["song_id"] == train.song_id
+    assert mine.sum() == len(expected["mixture"]) == 3 * len(training_rows(song_features(mixed, config), config)["mixture"])
+    np.testing.assert_allclose(windows["mixture"][mine], expected["mixture"], rtol=1e-3, atol=1e-4)  # float16 on disk
+    np.testing.assert_array_equal(windows["ibm"][mine], expected["ibm"])
+    test_song = next(s for s in songs if s.split == "test")
+    assert remix_partner_songs(test_song, config) == []
+    n_test = len(training_rows(song_features(test_song.load(16000, config.corpus.mixing), config), config)["mixture"])
+    assert len(read_windows(dataset, "test", columns=["song_id"])["song_id"]) == n_test
