@@ -197,11 +197,12 @@ def test_autoscaler_adds_cluster_yaml_worker_types_and_removes_them_when_idle(tm
     assert all(entry["down"] is not None for entry in workers.values()), f"workers still up: {seen}"
     up = max(entry["up"] for entry in workers.values())
     down = max(entry["down"] for entry in workers.values())
-    print(f"\n{sorted(e['type'] for e in workers.values())}: up {up:.1f} s after submission; job done at {job_done:.1f} s, workers gone at {down:.1f} s")
+    kinds = sorted(entry["type"] for entry in workers.values())
+    print(f"\n{kinds} up {up:.1f} s after submission; job done {job_done:.1f} s, workers gone {down:.1f} s")
 
 
 def run_overrides(corpus_root: Path) -> list[str]:
-    """The demo config at test size (each checked by `karaoke check-config`)."""
+    """The demo config at test size."""
     return [
         f"corpus.root={corpus_root}",
         "corpus.synth_songs=5",
@@ -215,9 +216,19 @@ def run_overrides(corpus_root: Path) -> list[str]:
     ]
 
 
+def test_job_overrides_make_a_valid_config(tmp_path):
+    from karaoke.config import load_config
+
+    config = load_config(str(REPO / "configs" / "demo.yaml"), run_overrides(tmp_path))
+    assert (config.train.epochs, config.dnn.hidden_sizes, config.evaluation.alphas) == (2, (64,), (0.3, 0.5, 0.7))
+
+
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_main_job(tmp_path):
+    import pyarrow.parquet as pq
     from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from karaoke.config import load_config
 
     run_dir = tmp_path / "run"
     entrypoint = [sys.executable, "-m", "pipelines.run", "--config", "configs/demo.yaml", "--out", str(run_dir)]
@@ -245,13 +256,9 @@ def test_ray_job_submit_runs_the_main_job(tmp_path):
         logs = client.get_job_logs(submission_id)
         assert status == JobStatus.SUCCEEDED, f"job {status}:\n{logs[-4000:]}"
 
-    from karaoke.config import load_config
-
     config = load_config(str(run_dir / "config.yaml"))
     assert (config.train.epochs, config.corpus.synth_songs, config.evaluation.alphas) == (2, 5, (0.3, 0.5, 0.7))
     assert (run_dir / "report" / "report.md").read_text().strip()
-    import pyarrow.parquet as pq
-
     scores = pq.read_table(run_dir / "scores" / "scores.parquet").to_pandas()
     assert set(scores["alpha"].round(3)) == {0.3, 0.5, 0.7}
     assert {"ibm", "dnn", "nmf"} <= set(scores["method"])
