@@ -143,13 +143,19 @@ def prepare_song(song: Song, config: ExperimentConfig, dataset: str) -> dict[str
         return status
     status.update(status="ok", seconds=mixed.seconds, n_windows=table.num_rows, scale=features.scale)
     fs, root = open_fs(dataset)
-    files = [window_file(song.split, song.song_id)]
-    if song.split in SONG_SPLITS:
-        files.insert(0, song_file(song.split, song.song_id))
-        _write_table(fs, posixpath.join(root, files[0]), song_table(mixed), {})
-    status["files"] = files
     # The windows file goes last: its presence marks the whole song as done.
-    _write_table(fs, posixpath.join(root, files[-1]), table, status)
+    writes = [(window_file(song.split, song.song_id), table, status)]
+    if song.split in SONG_SPLITS:
+        writes.insert(0, (song_file(song.split, song.song_id), song_table(mixed), {}))
+    status["files"] = [relative for relative, _, _ in writes]
+    for relative, data, meta in writes:
+        try:
+            _write_table(fs, posixpath.join(root, relative), data, meta)
+        except Exception as exc:  # noqa: BLE001 - storage down: the whole job stops, with one line
+            raise DatasetError(
+                f"{dataset}: cannot write {relative} ({type(exc).__name__}: {exc}); songs already written "
+                "are kept: rerun the same command once the storage is reachable"
+            ) from None
     return status
 
 
@@ -210,6 +216,22 @@ def code_version() -> str:
     return f"{version}+{commit}" if commit else version
 
 
+def _check_shards_exist(dataset: str, fs: Any, root: str, files: list[str]) -> None:
+    """Refuse to write a manifest listing shards the storage does not hold (e.g. an object store
+    restarted empty during the job): a manifest never claims data that is not there."""
+    present: set[str] = set()
+    for kind in ("windows", "songs"):
+        folder = posixpath.join(root, kind)
+        if fs.isdir(folder):
+            present.update(path.rstrip("/") for path in fs.find(folder))
+    missing = [f for f in files if posixpath.join(root, f) not in present]
+    if missing:
+        raise DatasetError(
+            f"{dataset}: {len(missing)} shard(s) of finished songs are gone from the storage (first: {missing[0]}); "
+            "no manifest written: rerun the same command to prepare those songs again"
+        )
+
+
 def write_manifest(dataset: str, config: ExperimentConfig, statuses: list[dict[str, Any]]) -> dict[str, Any]:
     """Write `config.yaml` and then `manifest.json` (last, atomically): the dataset is now complete."""
     import yaml
@@ -240,6 +262,7 @@ def write_manifest(dataset: str, config: ExperimentConfig, statuses: list[dict[s
         "splits": splits,
         "songs": [{k: v for k, v in s.items() if k != "config_digest"} for s in statuses],
     }
+    _check_shards_exist(dataset, fs, root, [f for s in ok for f in s["files"]])
     config_yaml = yaml.safe_dump(config_to_dict(config), sort_keys=False).encode()
     write_atomic(fs, posixpath.join(root, "config.yaml"), lambda handle: handle.write(config_yaml))
     payload = json.dumps(manifest, indent=1).encode()

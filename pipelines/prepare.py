@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     import ray.data
@@ -97,7 +98,7 @@ def prepare_dataset(config: "ExperimentConfig", dataset: str, strict: bool = Fal
         reservation = context.op_resource_reservation_enabled
         context.op_resource_reservation_enabled = False
         try:
-            for row in results.iter_rows():
+            for row in _rows(results):
                 status = json.loads(row["status"])
                 if status["status"] != "ok":
                     if strict:
@@ -107,6 +108,20 @@ def prepare_dataset(config: "ExperimentConfig", dataset: str, strict: bool = Fal
         finally:
             context.op_resource_reservation_enabled = reservation
     return write_manifest(dataset, config, list(statuses.values()))
+
+
+def _rows(results: "ray.data.Dataset") -> Iterator[dict[str, Any]]:
+    """The job's status rows; a task's `DatasetError` (its storage write failed) is raised here as
+    that one line instead of Ray's wrapped traceback."""
+    from karaoke.dataset import DatasetError
+
+    try:
+        yield from results.iter_rows()
+    except Exception as exc:
+        found = re.search(r"DatasetError: (.+)", str(exc))
+        if found:
+            raise DatasetError(found.group(1).strip()) from None
+        raise
 
 
 def summary_line(manifest: dict[str, Any], seconds: float) -> str:

@@ -11,6 +11,9 @@ import json
 import math
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +23,7 @@ import numpy as np
 import pytest
 
 from karaoke.config import config_from_dict
-from tests.conftest import small_config_dict
+from tests.conftest import REPO, small_config_dict
 
 TRAIN_WORKER = "ray::RayTrainWorker"
 
@@ -184,3 +187,144 @@ def test_nmf_worker_killed_mid_fit_restarts_from_last_checkpoint(dnn_dataset, sy
     snapshot = json.loads((run / "ray" / "nmf" / "checkpoint_manager_snapshot.json").read_text())
     for kept in snapshot["checkpoint_results"]:
         load_bases(run / "ray" / "nmf" / kept["checkpoint_dir_name"], config)  # digest verified
+
+
+# --- storage faults -----------------------------------------------------------------------------
+
+PREPARE = """
+import sys, ray
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+from pipelines.prepare import main
+main(["--config", sys.argv[1], "--out", sys.argv[2]])
+"""
+
+
+def _start_moto(port: int) -> subprocess.Popen:
+    """A moto S3 server of our own on 127.0.0.1:`port` (this test kills it: not the shared fixture)."""
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}", timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"moto server did not start on port {port}")
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def own_s3(monkeypatch):
+    """(port, start function) of a moto endpoint this test may kill and restart; AWS_* point at it."""
+    pytest.importorskip("moto.server")
+    import s3fs
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    servers: list[subprocess.Popen] = []
+
+    def start() -> None:
+        servers.append(_start_moto(port))
+
+    # s3fs caches filesystems by arguments, not by environment: drop ours before and after
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield port, start, servers
+    s3fs.S3FileSystem.clear_instance_cache()
+    for server in servers:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.slow
+def test_s3_endpoint_killed_mid_write_fails_clearly_then_rerun_is_complete(own_s3, tmp_path):
+    """Fault: the S3 endpoint dies while `prepare` writes shards (after the first song), then comes
+    back empty. Expected: the job exits non-zero with one line naming the dataset, the shard and the
+    endpoint, and writes no manifest; the rerun redoes every song, and its manifest lists exactly the
+    shards in the bucket, all of which read back."""
+    import boto3
+
+    from karaoke.config import save_config
+    from karaoke.corpora.synth import write_synth_corpus
+    from karaoke.dataset import load_manifest, read_songs, read_windows
+
+    port, start_s3, servers = own_s3
+    n_songs = 10
+    corpus = write_synth_corpus(tmp_path / "corpus", n_songs=n_songs, seed=0, seconds=6.0, sample_rate=16000)
+    config = config_from_dict(small_config_dict(str(corpus), corpus={"synth_songs": n_songs}))
+    save_config(config, tmp_path / "config.yaml")
+    dataset = "s3://faults/ds"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+
+    def prepare() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-c", PREPARE, str(tmp_path / "config.yaml"), dataset], cwd=REPO, env=env,
+            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def shards() -> list[str]:
+        listing = s3.list_objects_v2(Bucket="faults", Prefix="ds/windows/")
+        return [item["Key"] for item in listing.get("Contents", [])]
+
+    start_s3()
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="faults")
+    job = prepare()
+    try:
+        deadline = time.monotonic() + 300
+        while not (seen := shards()):
+            assert job.poll() is None, "prepare ended before its first shard"
+            assert time.monotonic() < deadline, "no shard within 300 s"
+            time.sleep(0.05)
+        servers[-1].kill()
+        servers[-1].wait()
+        assert len(seen) < n_songs, "every song was written before the endpoint went down"
+        output, _ = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert job.returncode != 0 and errors, output[-2000:]
+    assert f"{dataset}: cannot write windows/" in errors[-1] and f"127.0.0.1:{port}" in errors[-1]
+
+    # The endpoint comes back empty: the bucket must be made again and every song redone.
+    start_s3()
+    assert s3.list_buckets()["Buckets"] == []
+    s3.create_bucket(Bucket="faults")
+    rerun = prepare()
+    output, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, output[-2000:]
+    manifest = load_manifest(dataset)
+    assert manifest["failed"] == 0 and len(manifest["songs"]) == n_songs
+    listed = {f"ds/{file}" for song in manifest["songs"] for file in song["files"]}
+    stored = {item["Key"] for item in s3.list_objects_v2(Bucket="faults", Prefix="ds/")["Contents"]}
+    assert listed == {key for key in stored if key.endswith(".parquet")}
+    for split, counts in manifest["splits"].items():
+        if counts["windows"]:
+            assert len(read_windows(dataset, split, ["song_id"])["song_id"]) == counts["windows"]
+    assert len(read_songs(dataset, "test")) == manifest["splits"]["test"]["songs"] > 0
+
+
+def test_manifest_is_refused_when_a_listed_shard_is_gone(tmp_path, small_config):
+    """Fault: a finished song's shard vanishes from storage before the manifest is written.
+    Expected: `DatasetError` naming the shard, and no manifest."""
+    from karaoke.corpora import list_songs
+    from karaoke.dataset import DatasetError, prepare_song, write_manifest
+
+    song = list_songs(small_config.corpus, "test")[0]
+    dataset = tmp_path / "ds"
+    status = prepare_song(song, small_config, str(dataset))
+    assert status["status"] == "ok"
+    (dataset / status["files"][-1]).unlink()
+    with pytest.raises(DatasetError, match=f"first: {status['files'][-1]}"):
+        write_manifest(str(dataset), small_config, [status])
+    assert not (dataset / "manifest.json").exists()
