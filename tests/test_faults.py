@@ -328,3 +328,120 @@ def test_manifest_is_refused_when_a_listed_shard_is_gone(tmp_path, small_config)
     with pytest.raises(DatasetError, match=f"first: {status['files'][-1]}"):
         write_manifest(str(dataset), small_config, [status])
     assert not (dataset / "manifest.json").exists()
+
+
+# --- bad input and numerics not covered elsewhere -----------------------------------------------
+
+
+class _Payload:
+    """Unpickling this runs `touch <marker>`: proof that a loader executed the file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_tampered_or_pickle_bearing_checkpoint_is_refused_and_never_executed(small_config, tmp_path):
+    """Fault: (a) a flipped byte in the weights; (b) the weights replaced by a pickle, with the card's
+    digest forged to match; (c) a pickled .pt file. Expected: `CheckpointError` naming the file,
+    and the pickle's payload never runs."""
+    import hashlib
+    import pickle
+
+    import torch
+
+    from karaoke.errors import CheckpointError
+    from karaoke.models.dnn import build_model, load_dnn, save_dnn
+
+    folder = save_dnn(tmp_path / "ckpt", build_model(small_config), small_config, 1, {"train_loss": 0.1})
+    weights, card_path = folder / "model.safetensors", folder / "checkpoint.json"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{weights}: contents do not match the digest .*tampered"):
+        load_dnn(folder, small_config)
+
+    marker = tmp_path / "executed"
+    weights.write_bytes(pickle.dumps(_Payload(marker)))
+    card = json.loads(card_path.read_text())
+    card["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=f"{weights}: not a valid safetensors file"):
+        load_dnn(folder, small_config)
+
+    torch.save({"payload": _Payload(marker)}, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="model.pt: .*pickled .pt/.pth files are refused"):
+        load_dnn(tmp_path / "model.pt", small_config)
+    assert not marker.exists()
+
+
+def test_silent_mixture_gives_a_defined_mask_and_silent_output(small_config, torch_one_thread):
+    """Fault: an all-zero mixture (and one 1e-30 in amplitude). Expected: a finite soft mask in
+    [0, 1] and exactly silent (or finite) outputs, no NaN from the unit-scale division."""
+    import torch
+
+    from karaoke.models.dnn import build_model
+    from karaoke.separate import separate_audio
+
+    torch.manual_seed(0)
+    model = build_model(small_config).eval()
+    for audio in (np.zeros(16000, np.float32), np.full(16000, 1e-30, np.float32)):
+        result = separate_audio(model, audio, small_config, alpha=0.5)
+        assert np.isfinite(result.probability).all()
+        assert result.probability.min() >= 0 and result.probability.max() <= 1
+        assert np.isfinite(result.vocals).all() and np.isfinite(result.accompaniment).all()
+    silent = separate_audio(model, np.zeros(16000, np.float32), small_config, alpha=0.5)
+    assert not silent.vocals.any() and not silent.accompaniment.any()
+
+
+def test_silent_reference_scores_are_undefined_not_a_crash(small_config):
+    """Fault: a song whose vocal reference is silent, scored over an alpha grid. Expected: every
+    score of that song is NaN (BSS-EVAL is undefined there), no exception; the summary's
+    confidence interval skips it."""
+    from karaoke.metrics import confidence_interval, score_alpha_grid
+    from karaoke.spectral import stft
+
+    rng = np.random.default_rng(0)
+    accompaniment = (0.3 * rng.standard_normal(16000)).astype(np.float32)
+    vocals = np.zeros_like(accompaniment)
+    mixture = vocals + accompaniment
+    spec = stft(mixture, small_config.stft)
+    probability = rng.uniform(size=spec.shape).astype(np.float32)
+    rows = score_alpha_grid(spec, probability, np.stack([vocals, accompaniment]), mixture, (0.3, 0.5),
+                            small_config.stft, sample_rate=16000)
+    assert len(rows) == 2
+    assert all(np.isnan(value) for row in rows for key, value in row.items() if key.startswith("vocals_"))
+    assert confidence_interval([rows[0]["vocals_sdr"], 3.0, 5.0])[0] == 4.0
+
+
+@pytest.mark.slow
+def test_nan_in_the_training_data_stops_the_ray_job_without_a_checkpoint(dnn_dataset, synth_root, tmp_path):
+    """Fault: one training window's mixture holds NaN (a corrupted shard). Expected: the Ray job
+    stops with `TrainingError` naming the non-finite loss, and no checkpoint is written."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from karaoke.dataset import load_manifest
+    from karaoke.models.dnn import TrainingError
+    from pipelines.train_dnn import train_dnn
+
+    dataset = tmp_path / "dataset"
+    shutil.copytree(dnn_dataset, dataset)
+    shard = dataset / load_manifest(str(dataset))["splits"]["train"]["window_files"][0]
+    table = pq.read_table(shard)
+    mixture = table.column("mixture").combine_chunks()
+    values = np.asarray(mixture.storage.flatten()).copy()
+    values[: values.size // len(mixture)] = np.nan  # the whole first window
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(values), values.size // len(mixture))
+    table = table.set_column(table.schema.get_field_index("mixture"), table.schema.field("mixture"),
+                             pa.ExtensionArray.from_storage(mixture.type, storage))
+    pq.write_table(table, shard)
+
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match="loss"):
+        train_dnn(_dnn_config(synth_root, epochs=1, max_failures=0), str(dataset), str(run))
+    assert not list(run.glob("epoch_*"))
