@@ -117,6 +117,20 @@ def train_nmf_command(config_path: str, overrides: tuple[str, ...], dataset: str
     click.echo(f"NMF bases: {bases}  objective per iteration: {bases.rsplit('/', 1)[0]}/objective.json")
 
 
+@main.command("tune")
+@config_option
+@set_option
+@click.option("--data", "dataset", required=True, help="Prepared dataset with validation songs (folder or s3:// URL).")
+@click.option("--out", "out_dir", required=True, help="Output folder or s3:// URL (RUN/tune): Tune logs, results, best/.")
+def tune_command(config_path: str, overrides: tuple[str, ...], dataset: str, out_dir: str) -> None:
+    """Sweep the config's tune.search_space with Ray Tune; every trial is scored over the alpha grid."""
+    from karaoke.config import load_config
+    from pipelines.tune import tune_experiment
+
+    outcome = tune_experiment(load_config(config_path, overrides), dataset, out_dir)
+    click.echo(f"best checkpoint: {outcome.best_checkpoint}  results: {outcome.results}")
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True), help="DNN checkpoint folder, or a training run folder (its last epoch).")

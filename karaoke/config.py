@@ -153,6 +153,60 @@ class EvaluationConfig:
     mask: Literal["binary", "soft"] = "binary"
 
 
+# Sections whose values a tune may vary, per model: the dataset (corpus, stft, windows) is prepared once.
+TUNABLE_SECTIONS = {"dnn": ("dnn", "train"), "nmf": ("nmf",)}
+Criterion = Literal[
+    "mean_sdr", "mean_sir", "mean_sar", "vocals_sdr", "vocals_sir", "vocals_sar",
+    "accompaniment_sdr", "accompaniment_sir", "accompaniment_sar",
+]
+
+
+@dataclass(frozen=True, config=_STRICT)
+class TuneConfig:
+    """Hyper-parameter search (`pipelines/tune.py`); `num_samples: 0` (the default) means no tuning.
+
+    `search_space` maps dotted keys of the model's sections (dnn and train, or nmf) to lists of
+    choices, e.g. {"train.learning_rate": [0.03, 0.1], "dnn.hidden_sizes": [[256], [512]]}.
+    `search: grid` runs every combination `num_samples` times; `random` draws `num_samples` trials
+    (seeded by `seed`). Trials are ranked by `criterion`, a score averaged over the validation songs
+    at `evaluation.alpha` (higher is better). DNN trials report the validation loss every epoch and
+    ASHA stops those that trail after `grace_period` epochs (`scheduler: none` lets all finish).
+    Each trial reserves `scoring_tasks` bundles of `scoring_cpus` CPUs for its parallel scoring tasks.
+    """
+
+    num_samples: Annotated[int, Field(ge=0)] = 0
+    model: Literal["dnn", "nmf"] = "dnn"
+    search_space: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
+    search: Literal["grid", "random"] = "grid"
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+    criterion: Criterion = "mean_sdr"
+    max_concurrent_trials: PositiveInt = 1
+    scoring_tasks: PositiveInt = 2
+    scoring_cpus: PositiveFloat = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        sections = {"dnn": DnnConfig, "train": TrainConfig, "nmf": NmfConfig}
+        allowed = TUNABLE_SECTIONS[self.model]
+        for key, choices in self.search_space.items():
+            section, _, name = key.partition(".")
+            if section not in allowed or name not in sections[section].__dataclass_fields__:
+                raise ValueError(
+                    f"tune.search_space: unknown key {key!r}; a {self.model} tune varies keys of the "
+                    f"{' and '.join(allowed)} section{'s' * (len(allowed) > 1)}, e.g. {allowed[-1]}.seed"
+                )
+            if not choices:
+                raise ValueError(f"tune.search_space.{key}: give at least one choice")
+            for choice in choices:
+                try:
+                    sections[section](**{name: choice})
+                except pydantic.ValidationError as exc:
+                    reason = exc.errors()[0]["msg"]
+                    raise ValueError(f"tune.search_space.{key}: choice {choice!r} is invalid ({reason})") from None
+
+
 @dataclass(frozen=True, config=_STRICT)
 class ExperimentConfig:
     name: str = "paper"
@@ -163,6 +217,7 @@ class ExperimentConfig:
     train: TrainConfig = Field(default_factory=TrainConfig)
     nmf: NmfConfig = Field(default_factory=NmfConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @property
     def n_inputs(self) -> int:
