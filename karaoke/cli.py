@@ -50,12 +50,15 @@ def synth(out: str, songs: int, seed: int, seconds: float, sample_rate: int) -> 
 @main.command()
 @config_option
 @set_option
-@click.option("--out", "run_dir", default=None, help="Run directory (default runs/<config name>).")
+@click.option("--out", "run_dir", default=None, help="Run directory, a folder or s3:// URL (default runs/<config name>).")
 def run(config_path: str, overrides: tuple[str, ...], run_dir: str | None) -> None:
-    """Run the experiment of a config end to end into one run directory."""
+    """Prepare, train DNN and NMF, choose alpha, evaluate and report, into one run directory
+    (a folder or s3:// URL). Rerunning resumes: finished stages are checked and skipped."""
+    from karaoke.config import load_config
     from pipelines.run import run_experiment
 
-    run_experiment(config_path, overrides, run_dir)
+    config = load_config(config_path, overrides)
+    run_experiment(config, run_dir or f"runs/{config.name}")
 
 
 @main.command()

@@ -102,7 +102,10 @@ def download_folder(location: str | Path, local: str | Path) -> Path:
     fs, root = open_fs(location)
     local = Path(local)
     for path in fs.find(root):
-        target = local / posixpath.relpath(path, root)
+        relative = posixpath.relpath(path, root)
+        if relative == "." or path.endswith("/"):
+            continue  # an object store's folder marker, not a file
+        target = local / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         with fs.open(path, "rb") as handle:
             target.write_bytes(handle.read())

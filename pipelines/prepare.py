@@ -155,6 +155,15 @@ def read_windows_dataset(dataset: str, split: str) -> "ray.data.Dataset":
     return ray.data.read_parquet(files, filesystem=filesystem)
 
 
+def train_storage(location: str) -> dict[str, Any]:
+    """`ray.train.RunConfig` arguments for storage at a folder or s3:// URL. For s3:// the filesystem
+    is given explicitly (see `_s3_filesystem`): Train's controller actor may run in a process started
+    before the driver's AWS_* settings, and would otherwise resolve the URL without them."""
+    if not str(location).startswith("s3://"):
+        return {"storage_path": str(location)}
+    return {"storage_path": str(location).split("://", 1)[1], "storage_filesystem": _s3_filesystem()}
+
+
 def _s3_filesystem():
     """A pyarrow S3 filesystem with the driver's AWS_* settings spelled out, so that it travels to
     read tasks in workers started before those variables were set; unset ones keep AWS's defaults."""

@@ -1,68 +1,412 @@
-"""The main job: the whole experiment of a config into one run directory.
+"""The main job: the whole experiment of a config into one run directory (a folder or s3:// URL).
 
-    python -m pipelines.run --config configs/demo.yaml      (same as `karaoke run`)
+    karaoke run --config configs/demo.yaml [--out RUN] [--set key=value ...]
+    python -m pipelines.run ...                 (the same command; also under `ray job submit`)
 
-Stages so far: build or list the corpus, then separate the evaluation songs with the ideal binary
-mask and score them with mir_eval (the upper bound of the paper's Figure 2).
+Stages, in order, each into its own part of RUN:
+    prepare   RUN/dataset/         Ray Data: songs -> STFT, IBM, windows -> Parquet shards
+    tune      RUN/tune/            Ray Tune sweep (only when tune.num_samples > 0); later stages
+                                   use the best trial's config
+    dnn       RUN/dnn/epoch_NNNN/  Ray Train: the mask DNN, a checkpoint per epoch
+    nmf       RUN/nmf/bases/       Ray Train: distributed KL-NMF bases
+    alpha     RUN/valid/scores/    every alpha scored on the validation split; the best alpha per
+                                   method (highest mean vocal SDR) is chosen there
+    evaluate  RUN/scores/          DNN, NMF and IBM scored over the alpha grid on evaluation.split
+    report    RUN/report/          Figures 1-3 and report.md; RUN/results.json holds the headline
+Each finished stage writes RUN/stages/<stage>.json last. A rerun skips a stage whose record is there,
+was made with the same config sections, and whose outputs pass their check (the manifest and its
+shards, a checkpoint's SHA-256, the scores' methods and alphas); otherwise it runs it again,
+resuming training from the last checkpoint. Training outputs of another config are never
+overwritten: the run stops and says so.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+import sys
+import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-
-def ibm_stage(config, run_dir: Path) -> list[dict]:
-    """Separate every evaluation song with its IBM; write the audio and the scores."""
-    from tqdm import tqdm
-
-    from karaoke.audio import write_audio
-    from karaoke.corpora import list_songs
-    from karaoke.oracle import ibm_scores
-
-    songs = list_songs(config.corpus, split=config.evaluation.split)
-    if not songs:
-        raise SystemExit(f"no songs in split {config.evaluation.split!r} of {config.corpus.root}")
-    out = run_dir / "ibm"
-    rows = []
-    for song in tqdm(songs, desc="IBM separation"):
-        mixed = song.load(config.corpus.sample_rate, config.corpus.mixing)
-        scores, vocals, accompaniment = ibm_scores(mixed, config)
-        for name, audio in (("mixture", mixed.mixture), ("vocals", vocals), ("accompaniment", accompaniment)):
-            write_audio(out / song.song_id / f"{name}.wav", audio, mixed.sample_rate)
-        rows.append({"song_id": song.song_id, "seconds": mixed.seconds, **scores.as_dict()})
-    (out / "scores.json").write_text(json.dumps(rows, indent=2))
-    return rows
+# Config sections each stage's output depends on.
+DATA = ("corpus", "stft", "windows")
+SECTIONS = {
+    "prepare": DATA,
+    "tune": (*DATA, "dnn", "train", "nmf", "evaluation", "tune"),
+    "dnn": (*DATA, "dnn", "train"),
+    "nmf": (*DATA, "nmf"),
+    "alpha": (*DATA, "dnn", "train", "nmf", "evaluation"),
+    "evaluate": (*DATA, "dnn", "train", "nmf", "evaluation"),
+    "report": (*DATA, "dnn", "train", "nmf", "evaluation"),
+}
+SELECTION_METRIC = "vocals_sdr"
 
 
-def run_experiment(config_path: str, overrides=(), run_dir: str | None = None) -> Path:
-    from karaoke.config import load_config, save_config
+@dataclass(frozen=True)
+class Run:
+    """Where a run lives: `root` is a folder or URL; `config` is the effective config (after tuning)."""
 
-    config = load_config(config_path, overrides)
-    run_path = Path(run_dir or f"runs/{config.name}")
-    run_path.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_path / "config.yaml")
+    root: str
+    config: Any
+
+    def path(self, *parts: str) -> str:
+        from karaoke.storage import join
+
+        return join(self.root, *parts)
+
+
+def _digest(config, stage: str) -> str:
+    from karaoke.config import config_digest
+
+    sections = [s for s in SECTIONS[stage] if hasattr(config, s)]
+    return config_digest(config, *sections)
+
+
+def _finished(run: Run, stage: str, check: Callable[[], str]) -> dict | None:
+    """The stage's record when it finished with this config and `check()` passes (it returns what it
+    verified, or raises); else None."""
+    from karaoke.errors import KaraokeError
+    from karaoke.storage import read_json
+
+    record = read_json(run.path("stages", f"{stage}.json"))
+    if not record or record.get("digest") != _digest(run.config, stage):
+        return None
+    try:
+        print(f"  done before: {check()}")
+    except (KaraokeError, OSError) as exc:
+        print(f"  its outputs fail their check ({exc}); running it again")
+        return None
+    return record
+
+
+def _stage(run: Run, stage: str, number: int, check: Callable[[], str], work: Callable[[], dict]) -> dict:
+    """Run `work` unless the stage finished before; record it. Returns the stage's record."""
+    from karaoke.storage import write_json
+
+    print(f"\n[{number}/{len(SECTIONS)}] {stage}", flush=True)
+    record = _finished(run, stage, check)
+    if record is not None:
+        return record
     start = time.perf_counter()
-    rows = ibm_stage(config, run_path)
-    print(f"\nIdeal binary mask on {len(rows)} {config.evaluation.split} songs (mir_eval BSS-EVAL, dB):")
-    print(f"{'song':<28}{'vocal SDR':>10}{'vocal SIR':>10}{'vocal SAR':>10}{'acc SDR':>10}")
-    for row in rows:
-        print(
-            f"{row['song_id']:<28}{row['vocals_sdr']:>10.2f}{row['vocals_sir']:>10.2f}"
-            f"{row['vocals_sar']:>10.2f}{row['accompaniment_sdr']:>10.2f}"
+    outputs = work()
+    record = {
+        "stage": stage,
+        "digest": _digest(run.config, stage),
+        "seconds": round(time.perf_counter() - start, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **outputs,
+    }
+    write_json(run.path("stages", f"{stage}.json"), record)
+    print(f"  finished in {record['seconds']:.1f} s", flush=True)
+    return record
+
+
+# --- checks: what a finished stage's outputs must pass --------------------------------------------
+
+
+def check_dataset(run: Run) -> str:
+    from karaoke.dataset import DATA_SECTIONS, DatasetError, load_manifest
+    from karaoke.config import config_digest
+    from karaoke.storage import open_fs
+
+    dataset = run.path("dataset")
+    manifest = load_manifest(dataset)
+    if manifest["config_digest"] != config_digest(run.config, *DATA_SECTIONS):
+        raise DatasetError(f"{dataset}: prepared with other corpus/stft/windows settings")
+    fs, root = open_fs(dataset)
+    present = set(fs.find(root))
+    listed = [f for split in manifest["splits"].values() for f in split["window_files"] + split["song_files"]]
+    missing = [f for f in listed if f"{root}/{f}" not in present]
+    if missing:
+        raise DatasetError(f"{dataset}: the manifest lists {len(missing)} missing shards, e.g. {missing[0]}")
+    return f"{dataset}: {len(listed)} shards of {sum(s['songs'] for s in manifest['splits'].values())} songs"
+
+
+def check_dnn(run: Run) -> str:
+    from karaoke.errors import CheckpointError
+    from karaoke.models.dnn import load_dnn
+    from karaoke.storage import local_copy
+    from pipelines.train_dnn import latest_checkpoint
+
+    last = latest_checkpoint(run.path("dnn"))
+    if last is None:
+        raise CheckpointError(f"{run.path('dnn')}: no checkpoint")
+    with local_copy(last) as folder:
+        _, _, card = load_dnn(folder, run.config)  # verifies the tensors' SHA-256 and the config
+    if card["epoch"] != run.config.train.epochs:
+        raise CheckpointError(f"{last}: epoch {card['epoch']} of {run.config.train.epochs}")
+    return f"{last} (epoch {card['epoch']}, verified)"
+
+
+def check_nmf(run: Run) -> str:
+    from karaoke.models.nmf import load_bases
+    from karaoke.storage import local_copy
+
+    with local_copy(run.path("nmf", "bases")) as folder:
+        W_v, _, card = load_bases(folder, run.config)
+    return f"{run.path('nmf', 'bases')} ({W_v.shape[1]} bases per source, iteration {card['iteration']}, verified)"
+
+
+def check_scores(location: str, methods: list[str], alphas) -> str:
+    from karaoke.report import ScoresError, read_scores
+    from karaoke.storage import local_copy
+
+    with local_copy(location) as folder:
+        rows = read_scores(Path(folder) / "scores.parquet")
+    found = {(r["method"], round(r["alpha"], 6)) for r in rows}
+    wanted = {(m, round(a, 6)) for m in methods for a in alphas}
+    if not wanted <= found:
+        raise ScoresError(f"{location}: lacks scores for {sorted(wanted - found)[:3]}...")
+    return f"{location}: {len(rows)} rows"
+
+
+def check_report(run: Run) -> str:
+    from karaoke.errors import KaraokeError
+    from karaoke.storage import exists
+
+    for name in ("report/report.md", "report/figure2.png", "report/figure3.png", "results.json"):
+        if not exists(run.path(name)):
+            raise KaraokeError(f"{run.path(name)} is missing")
+    return run.path("report", "report.md")
+
+
+# --- the stages -----------------------------------------------------------------------------------
+
+
+def prepare(run: Run) -> dict:
+    from karaoke.errors import KaraokeError
+    from pipelines.prepare import prepare_dataset, summary_line
+
+    start = time.perf_counter()
+    manifest = prepare_dataset(run.config, run.path("dataset"))
+    print(f"  {summary_line(manifest, time.perf_counter() - start)}")
+    if manifest["splits"]["train"]["windows"] == 0:
+        raise KaraokeError(f"{run.path('dataset')}: no training windows; check corpus.root and the corpus split settings")
+    return {"songs": {k: v["songs"] for k, v in manifest["splits"].items()}, "failed": manifest["failed"]}
+
+
+def tune(run: Run) -> dict:
+    from karaoke.config import config_to_dict
+    from pipelines.tune import tune_experiment
+
+    outcome = tune_experiment(run.config, run.path("dataset"), run.path("tune"))
+    print(f"  best trial's config: {run.path('tune', 'best')}")
+    return {"best_config": config_to_dict(outcome.best_config), "results": str(outcome.results)}
+
+
+def guard(run: Run, folder: str, model: dict[str, Any]) -> None:
+    """Refuse to train into `folder` when it holds training of another model (`model`: the values that
+    define it, by section), instead of resuming from or overwriting it."""
+    import yaml
+
+    from karaoke.config import config_to_dict
+    from karaoke.errors import CheckpointError
+    from karaoke.storage import join, open_fs
+
+    fs, path = open_fs(join(folder, "config.yaml"))
+    if not fs.isfile(path):
+        return
+    with fs.open(path, "rb") as handle:
+        before = yaml.safe_load(handle.read()) or {}
+    now = config_to_dict(run.config)
+    changed = [key for key, value in model.items() if _pick(before, key) != value or _pick(now, key) != value]
+    if changed:
+        raise CheckpointError(
+            f"{folder}: holds training of another model ({', '.join(changed)} differ from this config); "
+            "choose another --out, or delete that folder to train it again"
         )
-    print(f"run directory: {run_path}  ({time.perf_counter() - start:.1f} s)")
-    return run_path
+
+
+def _pick(data: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part, {}) if isinstance(data, dict) else {}
+    return data
+
+
+def _model(run: Run, keys: tuple[str, ...]) -> dict[str, Any]:
+    from karaoke.config import config_to_dict
+
+    data = config_to_dict(run.config)
+    return {key: _pick(data, key) for key in keys}
+
+
+def train_dnn(run: Run) -> dict:
+    from pipelines.train_dnn import latest_checkpoint, train_dnn
+
+    guard(run, run.path("dnn"), _model(run, ("stft", "windows", "dnn")))
+    resume = latest_checkpoint(run.path("dnn")) is not None
+    if resume:
+        print(f"  resuming from {latest_checkpoint(run.path('dnn'))}")
+    result = train_dnn(run.config, run.path("dataset"), run.path("dnn"), resume=resume)
+    return {"checkpoint": result.checkpoint_path, "metrics": result.metrics}
+
+
+def train_nmf(run: Run) -> dict:
+    from karaoke.storage import exists
+    from pipelines.train_nmf import RUN_NAME, train_nmf
+
+    guard(run, run.path("nmf"), _model(run, ("stft", "windows", "nmf.n_components")))
+    resume = exists(run.path("nmf", "ray", RUN_NAME))
+    if resume:
+        print(f"  resuming from the latest checkpoint under {run.path('nmf', 'ray', RUN_NAME)}")
+    return {"bases": str(train_nmf(run.config, run.path("dataset"), run.path("nmf"), resume=resume))}
+
+
+def providers(run: Run) -> list[tuple[str, str | None]]:
+    from pipelines.train_dnn import latest_checkpoint
+
+    return [("dnn", latest_checkpoint(run.path("dnn"))), ("nmf", run.path("nmf", "bases")), ("ibm", None)]
+
+
+def score(run: Run, split: str, out: str) -> dict:
+    from pipelines.evaluate import evaluate
+
+    config = replace(run.config, evaluation=replace(run.config.evaluation, split=split, alphas=grid(run.config)))
+    return {"scores": str(evaluate(config, out, providers(run), run.path("dataset")))}
+
+
+def grid(config) -> tuple[float, ...]:
+    """The alphas scored: `evaluation.alphas` and the reported `evaluation.alpha`."""
+    return tuple(sorted({*config.evaluation.alphas, config.evaluation.alpha}))
+
+
+def best_alphas(scores: str) -> dict[str, float]:
+    """Per method, the alpha of the highest mean vocal SDR across the songs of a scores folder."""
+    from karaoke.metrics import summarise
+    from karaoke.report import read_scores
+    from karaoke.storage import local_copy
+
+    with local_copy(scores) as folder:
+        summary = summarise(read_scores(Path(folder) / "scores.parquet"))
+    best: dict[str, tuple[float, float]] = {}
+    for row in summary:
+        value = row[SELECTION_METRIC]
+        if value == value and (row["method"] not in best or value > best[row["method"]][0]):
+            best[row["method"]] = (value, row["alpha"])
+    return {method: alpha for method, (_, alpha) in best.items()}
+
+
+def report(run: Run, chosen: dict[str, float], chosen_on: str) -> dict:
+    """Figures and report.md (written locally, then uploaded for a URL run) and RUN/results.json."""
+    import numpy as np
+
+    from karaoke.metrics import global_scores, summarise
+    from karaoke.report import read_scores, write_report
+    from karaoke.storage import download_folder, is_url, upload_folder, write_json
+
+    with tempfile.TemporaryDirectory(prefix="karaoke-report-") as staging:
+        local = Path(staging) if is_url(run.root) else Path(run.root)
+        if is_url(run.root):
+            download_folder(run.path("scores"), local / "scores")
+        write_report(local)
+        rows = read_scores(local / "scores" / "scores.parquet")
+        if is_url(run.root):
+            upload_folder(local / "report", run.path("report"), last="report.md")
+    alpha = run.config.evaluation.alpha
+    results: dict[str, Any] = {"split": run.config.evaluation.split, "alpha_chosen_on": chosen_on, "methods": {}}
+    for method in sorted({r["method"] for r in rows}):
+        entry = {}
+        for label, a in (("alpha", alpha), ("best_alpha", chosen.get(method, alpha))):
+            members = [r for r in rows if r["method"] == method and abs(r["alpha"] - a) < 1e-9]
+            (summary,) = summarise(members)
+            mixture_sdr = float(np.nanmean([r["vocals_sdr_mixture"] for r in members]))
+            entry[label] = {"alpha": a, **{k: summary[k] for k in _HEADLINE}, "vocals_sdr_mixture": mixture_sdr,
+                            **global_scores(members)}
+        results["methods"][method] = entry
+    write_json(run.path("results.json"), _finite(results))
+    return {"results": run.path("results.json")}
+
+
+_HEADLINE = ("n_songs", "vocals_sdr", "vocals_sir", "vocals_sar", "accompaniment_sdr")
+
+
+def _finite(value):
+    """JSON-safe: NaN (an undefined score, e.g. one song's interval) becomes null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def print_results(results: dict) -> None:
+    print(f"\nResults on the {results['split']} split (mean over songs; GNSDR = SDR gain over the mixture, dB):")
+    print(f"{'method':<8}{'alpha':>7}{'vocal SDR':>11}{'SIR':>8}{'SAR':>8}{'GNSDR':>8}{'acc SDR':>9}{'mix SDR':>9}")
+    for method, entry in results["methods"].items():
+        for label in ("alpha", "best_alpha"):
+            row = entry[label]
+            cells = [row["vocals_sdr"], row["vocals_sir"], row["vocals_sar"], row["vocals_gnsdr"],
+                     row["accompaniment_sdr"], row["vocals_sdr_mixture"]]
+            text = "".join(f"{c:>{w}.2f}" if c is not None else f"{'-':>{w}}" for c, w in zip(cells, (11, 8, 8, 8, 9, 9)))
+            print(f"{method if label == 'alpha' else '':<8}{row['alpha']:>7.2f}{text}")
+    print(f"(second row per method: the alpha chosen on the {results['alpha_chosen_on']} split)")
+
+
+def run_experiment(config, run_dir: str) -> str:
+    """Run (or resume) every stage of `config` into `run_dir`; returns the run directory."""
+    import ray
+
+    from karaoke.config import config_from_dict, config_to_dict
+    from karaoke.dataset import DatasetError, split_files
+    from karaoke.storage import is_url, join, open_fs, read_json, write_atomic
+
+    import yaml
+
+    root = run_dir if is_url(run_dir) else os.path.abspath(run_dir)
+    run = Run(root, config)
+    fs, path = open_fs(root)
+    config_yaml = yaml.safe_dump(config_to_dict(config), sort_keys=False).encode()
+    write_atomic(fs, join(path, "config.yaml"), lambda handle: handle.write(config_yaml))
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if not ray.is_initialized():
+        ray.init()
+    start = time.perf_counter()
+
+    _stage(run, "prepare", 1, lambda: check_dataset(run), lambda: prepare(run))
+    tune_config = getattr(config, "tune", None)
+    if tune_config is not None and tune_config.num_samples > 0:
+        record = _stage(run, "tune", 2, lambda: f"{run.path('tune', 'best')}", lambda: tune(run))
+        run = Run(root, config_from_dict(record["best_config"], source=run.path("stages", "tune.json")))
+    else:
+        print(f"\n[2/{len(SECTIONS)}] tune: skipped (tune.num_samples is 0)")
+    _stage(run, "dnn", 3, lambda: check_dnn(run), lambda: train_dnn(run))
+    _stage(run, "nmf", 4, lambda: check_nmf(run), lambda: train_nmf(run))
+
+    methods = [m for m, _ in providers(run)]
+    alphas = grid(run.config)
+    split = run.config.evaluation.split
+    try:
+        has_valid = split != "valid" and bool(split_files(run.path("dataset"), "valid", kind="song"))
+    except DatasetError:
+        has_valid = False
+    if has_valid:
+        valid = run.path("valid")
+        _stage(run, "alpha", 5, lambda: check_scores(join(valid, "scores"), methods, alphas), lambda: score(run, "valid", valid))
+        chosen, chosen_on = best_alphas(join(valid, "scores")), "valid"
+    else:
+        print(f"\n[5/{len(SECTIONS)}] alpha: no separate validation songs; the alpha is chosen on {split}")
+    _stage(run, "evaluate", 6, lambda: check_scores(run.path("scores"), methods, alphas), lambda: score(run, split, run.root))
+    if not has_valid:
+        chosen, chosen_on = best_alphas(run.path("scores")), split
+    print(f"  best alpha per method ({SELECTION_METRIC}, {chosen_on} split): {chosen}")
+    _stage(run, "report", 7, lambda: check_report(run), lambda: report(run, chosen, chosen_on))
+
+    print_results(read_json(run.path("results.json")))
+    print(f"\nrun directory: {root}  ({time.perf_counter() - start:.0f} s)")
+    print(f"report: {run.path('report', 'report.md')}")
+    return root
 
 
 def main(argv=None) -> None:
-    from karaoke.cli import run
+    from karaoke.cli import run as run_command
 
-    run.main(args=argv, prog_name="python -m pipelines.run")
+    run_command.main(args=argv, prog_name="python -m pipelines.run")
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
     from karaoke.dataset import DatasetError
     from karaoke.errors import CheckpointError
     from karaoke.models.dnn import TrainingError
-    from pipelines.prepare import read_windows_dataset
+    from pipelines.prepare import read_windows_dataset, train_storage
 
     _check_dataset(config, dataset)
     if "://" not in run_dir:
@@ -207,7 +207,7 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=storage,
+            **train_storage(storage),
             failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
             # s3:// credentials and endpoint from the driver, for workers of a cluster started without them

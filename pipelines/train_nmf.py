@@ -136,6 +136,7 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> st
     from karaoke.config import config_to_dict
     from karaoke.errors import KaraokeError
     from karaoke.storage import exists, is_url, join, open_fs, upload_folder, write_atomic, write_json
+    from pipelines.prepare import train_storage
 
     run_dir = str(run_dir) if is_url(run_dir) else str(Path(run_dir).resolve())
     storage = join(run_dir, "ray")
@@ -160,7 +161,7 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> st
         # Same name and storage: Train restores the run's latest checkpoint when it is started again.
         run_config=ray.train.RunConfig(
             name=RUN_NAME,
-            storage_path=storage,
+            **train_storage(storage),
             failure_config=ray.train.FailureConfig(max_failures=nmf.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # s3:// credentials and endpoint from the driver, for workers of a cluster started without them
