@@ -104,7 +104,10 @@ def _score(song, mixture_stft, probability, alphas: list[float], config: Experim
     from karaoke.metrics import score_alpha_grid
 
     references = np.stack([song.vocals, song.accompaniment])
-    rows = score_alpha_grid(mixture_stft, probability, references, song.mixture, alphas, config.stft)
+    # whole-song scores only (no sample rate): the framewise medians would double the work
+    rows = score_alpha_grid(
+        mixture_stft, probability, references, song.mixture, alphas, config.stft, None, config.evaluation.mask
+    )
     return [{"song_id": song.song_id, **row} for row in rows]
 
 

@@ -80,3 +80,62 @@ def test_evaluate_without_providers_is_a_clear_error(ray_session, config, tmp_pa
 
     with pytest.raises(KaraokeError, match="nothing to evaluate"):
         evaluate(config, tmp_path, [])
+
+
+@pytest.fixture(scope="module")
+def nmf_checkpoint(config, tmp_path_factory):
+    """Bases learned by 4 KL-NMF iterations on the windows of the first training song."""
+    import torch
+
+    from karaoke.features import training_rows
+    from karaoke.models.nmf import fit_nmf, save_bases, window_keys
+
+    song = list_songs(config.corpus, "train")[0].load(config.corpus.sample_rate, config.corpus.mixing)
+    rows = training_rows(song_features(song, config), config)
+    n = len(rows["start_frame"])
+    V = torch.stack(
+        [torch.from_numpy(rows[s].reshape(n, -1).astype(np.float32)).T for s in ("vocals", "accompaniment")]
+    ).contiguous()
+    W, _, _ = fit_nmf(V, window_keys([song.song_id] * n, rows["start_frame"]), config.nmf.n_components, 4, seed=0)
+    return str(save_bases(tmp_path_factory.mktemp("nmf") / "bases", W, config, iteration=4))
+
+
+@pytest.mark.slow
+def test_evaluate_command_scores_a_trained_nmf_checkpoint(ray_session, config, nmf_checkpoint, tmp_path):
+    from karaoke.config import save_config
+    from karaoke.models.nmf import load_bases, nmf_vocal_probability
+    from pipelines.evaluate import main
+
+    save_config(config, tmp_path / "config.yaml")
+    main(["--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path), "--nmf", nmf_checkpoint, "--no-ibm"])
+    rows = read_scores(tmp_path / "scores" / "scores.parquet")
+    songs = list_songs(config.corpus, "train")
+    assert len(rows) == len(songs) * 3
+    assert {(r["method"], r["song_id"], r["alpha"]) for r in rows} == {
+        ("nmf", s.song_id, a) for s in songs for a in (0.2, 0.5, 0.8)
+    }
+    assert all(np.isfinite(r["vocals_sdr"]) and np.isfinite(r["accompaniment_sar"]) for r in rows)
+
+    # The Ray task's scores are those of the library's NMF separation of the same song.
+    song = songs[-1].load(config.corpus.sample_rate, config.corpus.mixing)
+    features = song_features(song, config)
+    W_v, W_nv, _ = load_bases(nmf_checkpoint, config)
+    probability = nmf_vocal_probability(
+        features.mixture, W_v, W_nv, config.windows.n_frames, config.nmf.test_iterations, config.nmf.seed
+    )
+    direct = score_alpha_grid(
+        features.mixture_stft,
+        probability,
+        np.stack([song.vocals, song.accompaniment]),
+        song.mixture,
+        (0.2, 0.5, 0.8),
+        config.stft,
+        song.sample_rate,
+    )
+    stored = sorted((r for r in rows if r["song_id"] == song.song_id), key=lambda r: r["alpha"])
+    for got, want in zip(stored, direct, strict=True):
+        for key, value in want.items():
+            # float32 NMF updates on another thread count: last-digit differences, far below 0.01 dB
+            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-3, nan_ok=True)
+    summary = json.loads((tmp_path / "scores" / "summary.json").read_text())
+    assert {(s["method"], s["alpha"]) for s in summary} == {("nmf", a) for a in (0.2, 0.5, 0.8)}
