@@ -148,8 +148,8 @@ class EvaluationConfig:
     alphas: tuple[Alpha, ...] = Field(default_factory=_default_alphas)
     alpha: Alpha = 0.5
     split: Split = "test"
-    # "binary": the paper's Eq. 2 masks; "soft" (beyond the paper): the selected bins weighted by p
-    # and 1 - p, alpha acting as a floor (`karaoke.masks.alpha_masks`).
+    # "binary": the paper's Eq. 2 masks; "soft" (beyond the paper): the masks p and 1 - p themselves,
+    # alpha ignored (`karaoke.masks.alpha_masks`).
     mask: Literal["binary", "soft"] = "binary"
 
 

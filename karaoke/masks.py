@@ -9,7 +9,7 @@ network's input being a window unpacked to n_bins * window_frames values (bin-ma
   up to `window_frames` predictions; their mean p(f, t) is its probability of being vocal.
 - Eq. 2: vocal mask = p > alpha, accompaniment mask = p < 1 - alpha. Bins in between are in neither
   estimate, which trades artefacts (SAR) for interference (SIR) as alpha moves. The "soft" mask
-  mode (`evaluation.mask`, beyond the paper) weights the selected bins by p and 1 - p.
+  mode (`evaluation.mask`, beyond the paper) applies p and 1 - p themselves, ignoring alpha.
 """
 
 from __future__ import annotations
@@ -91,17 +91,15 @@ MaskMode = Literal["binary", "soft"]
 def alpha_masks(probability: np.ndarray, alpha: float, mode: MaskMode = "binary") -> tuple[np.ndarray, np.ndarray]:
     """Vocal and accompaniment masks of a (n_bins, n_frames) p (numpy or torch), each of p's shape.
 
-    "binary" is Eq. 2: (p > alpha, p < 1 - alpha). "soft" (beyond the paper) keeps the averaged
-    probability itself where Eq. 2 selects a bin: (p * [p > alpha], (1 - p) * [p < 1 - alpha]);
-    alpha acts as a floor below which a bin is dropped, and small alphas approach the plain soft
-    masks (p, 1 - p), which sum to the mixture.
+    "binary" is Eq. 2: (p > alpha, p < 1 - alpha). "soft" (beyond the paper) applies the averaged
+    probability itself, (p, 1 - p), whatever alpha (which is only validated): the two estimates then
+    sum to the mixture, and a network that is unsure (p near 0.5) splits a bin instead of dropping it.
     """
     alpha = check_alpha(alpha)
-    vocal, accompaniment = probability > alpha, probability < 1.0 - alpha
     if mode == "binary":
-        return vocal, accompaniment
+        return probability > alpha, probability < 1.0 - alpha
     if mode == "soft":
-        return probability * vocal, (1.0 - probability) * accompaniment
+        return probability * 1.0, 1.0 - probability
     raise ValueError(f"mask mode must be 'binary' or 'soft', got {mode!r}")
 
 

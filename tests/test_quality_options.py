@@ -36,28 +36,33 @@ def test_defaults_are_the_papers():
     assert config.windows.remixes == 0
 
 
-def test_soft_masks_weight_the_selected_bins_by_p():
+def test_soft_masks_are_p_and_its_complement_whatever_alpha():
     p = np.array([[0.05, 0.3, 0.5, 0.7, 0.95]], dtype=np.float32)
-    vocal, accompaniment = alpha_masks(p, 0.4, "soft")
+    for alpha in (0.1, 0.5, 0.9):
+        vocal, accompaniment = alpha_masks(p, alpha, "soft")
+        assert np.allclose(vocal, p) and np.allclose(accompaniment, 1 - p)
     binary_vocal, binary_accompaniment = alpha_masks(p, 0.4)
-    assert np.allclose(vocal, p * binary_vocal) and np.allclose(accompaniment, (1 - p) * binary_accompaniment)
-    assert np.allclose(vocal, [[0, 0, 0.5, 0.7, 0.95]]) and np.allclose(accompaniment, [[0.95, 0.7, 0.5, 0, 0]])
+    assert binary_vocal.tolist() == [[False, False, True, True, True]]
+    assert binary_accompaniment.tolist() == [[True, True, True, False, False]]
     # The same rule on torch tensors (the streaming separation's type).
-    torch_vocal, _ = alpha_masks(torch.from_numpy(p), 0.4, "soft")
-    assert np.allclose(torch_vocal.numpy(), vocal)
+    torch_vocal, torch_accompaniment = alpha_masks(torch.from_numpy(p), 0.4, "soft")
+    assert np.allclose(torch_vocal.numpy(), p) and np.allclose(torch_accompaniment.numpy(), 1 - p)
     with pytest.raises(ValueError, match="mask mode"):
         alpha_masks(p, 0.4, "ratio")
+    with pytest.raises(ValueError, match="alpha"):
+        alpha_masks(p, 1.0, "soft")
 
 
-def test_soft_masks_at_a_low_floor_sum_to_the_mixture():
+def test_soft_masks_sum_to_the_mixture():
     config = _config()
     song = _song("a_1_01", 1.0, 0)
     mixture_stft = stft(song.mixture, config.stft)
-    p = np.random.default_rng(1).uniform(0.02, 0.98, mixture_stft.shape).astype(np.float32)
-    vocals, accompaniment = masks_to_audio(mixture_stft, p, 0.01, config.stft, len(song.mixture), "soft")
+    p = np.random.default_rng(1).uniform(0, 1, mixture_stft.shape).astype(np.float32)
+    vocals, accompaniment = masks_to_audio(mixture_stft, p, 0.5, config.stft, len(song.mixture), "soft")
     assert np.max(np.abs(vocals + accompaniment - song.mixture)) < 1e-5
-    binary_vocals, _ = masks_to_audio(mixture_stft, p, 0.01, config.stft, len(song.mixture))
-    assert np.max(np.abs(binary_vocals - song.mixture)) < 1e-5  # every bin has p > 0.01
+    binary_vocals, binary_accompaniment = masks_to_audio(mixture_stft, p, 0.5, config.stft, len(song.mixture))
+    assert np.max(np.abs(binary_vocals + binary_accompaniment - song.mixture)) < 1e-5  # complementary at 0.5
+    assert np.max(np.abs(binary_vocals - vocals)) > 1e-3
 
 
 def test_log_input_gain_compresses_the_input_and_zero_is_the_paper():
