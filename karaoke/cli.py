@@ -161,10 +161,10 @@ def separate(
 @main.command()
 @config_option
 @set_option
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="Run directory (scores go to OUT/scores/).")
+@click.option("--out", "run_dir", required=True, help="Run directory, folder or s3:// URL (scores go to OUT/scores/).")
 @click.option("--dataset", default=None, help="Prepared dataset (default: the config's corpus).")
-@click.option("--dnn", "dnn", multiple=True, type=click.Path(exists=True), help="DNN checkpoint folder (repeatable).")
-@click.option("--nmf", "nmf", multiple=True, type=click.Path(exists=True), help="NMF checkpoint folder (repeatable).")
+@click.option("--dnn", "dnn", multiple=True, help="DNN checkpoint folder or s3:// URL (repeatable).")
+@click.option("--nmf", "nmf", multiple=True, help="NMF bases folder or s3:// URL (repeatable).")
 @click.option("--ibm/--no-ibm", default=True, show_default=True, help="Also score the ideal binary mask.")
 def evaluate(
     config_path: str, overrides: tuple[str, ...], run_dir: str, dataset: str | None, dnn: tuple[str, ...], nmf: tuple[str, ...], ibm: bool
@@ -184,6 +184,12 @@ def report(run_dir: str) -> None:
     from karaoke.report import write_report
 
     click.echo(f"wrote {write_report(run_dir)}")
+
+
+def entry_point(command: list[str], argv: list[str] | None) -> None:
+    """`python -m pipelines.X ARGS` is `karaoke COMMAND ARGS`, run through the group so that a
+    `KaraokeError` prints as one line there too."""
+    main.main(args=[*command, *(sys.argv[1:] if argv is None else argv)], prog_name="karaoke")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ GSAR), excerpt.npz (the first song's first 10 s separated by the first provider 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -184,19 +183,9 @@ def evaluate_on_ray(config, out_dir: str | Path, providers: list[tuple[str, str 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from karaoke.config import load_config
+    from karaoke.cli import entry_point
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--out", required=True, help="Run directory; scores go to OUT/scores/.")
-    parser.add_argument("--dataset", default=None, help="Prepared dataset (default: the config's corpus).")
-    parser.add_argument("--dnn", action="append", default=[], help="DNN checkpoint folder (repeatable).")
-    parser.add_argument("--nmf", action="append", default=[], help="NMF checkpoint folder (repeatable).")
-    parser.add_argument("--no-ibm", dest="ibm", action="store_false", help="Do not score the ideal binary mask.")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    config = load_config(args.config, args.overrides)
-    print(evaluate_on_ray(config, args.out, parse_providers(args.dnn, args.nmf, args.ibm), args.dataset))
+    entry_point(["evaluate"], argv)
 
 
 if __name__ == "__main__":

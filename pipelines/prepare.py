@@ -199,10 +199,9 @@ def run(config_path: str, overrides: tuple[str, ...], dataset: str, strict: bool
 
 
 def main(argv: list[str] | None = None) -> None:
-    from karaoke.cli import main as cli
+    from karaoke.cli import entry_point
 
-    # Through the CLI group, so that a `KaraokeError` prints as one line as it does for `karaoke prepare`.
-    cli.main(args=["prepare", *(sys.argv[1:] if argv is None else argv)], prog_name="python -m pipelines")
+    entry_point(["prepare"], argv)
 
 
 if __name__ == "__main__":

@@ -403,10 +403,10 @@ def run_experiment(config, run_dir: str) -> str:
     return root
 
 
-def main(argv=None) -> None:
-    from karaoke.cli import run as run_command
+def main(argv: list[str] | None = None) -> None:
+    from karaoke.cli import entry_point
 
-    run_command.main(args=argv, prog_name="python -m pipelines.run")
+    entry_point(["run"], argv)
 
 
 if __name__ == "__main__":

@@ -226,9 +226,9 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
 
 
 def main(argv: list[str] | None = None) -> None:
-    from karaoke.cli import train_dnn_command
+    from karaoke.cli import entry_point
 
-    train_dnn_command.main(args=argv, prog_name="python -m pipelines.train_dnn")
+    entry_point(["train", "dnn"], argv)
 
 
 if __name__ == "__main__":

@@ -207,9 +207,9 @@ def train_nmf(config, dataset: str, run_dir: str, resume: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from karaoke.cli import train_nmf_command
+    from karaoke.cli import entry_point
 
-    train_nmf_command.main(args=argv, prog_name="python -m pipelines.train_nmf")
+    entry_point(["train", "nmf"], argv)
 
 
 if __name__ == "__main__":
