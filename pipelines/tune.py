@@ -123,13 +123,16 @@ def score_checkpoint(method: str, checkpoint: str, songs: list, config: Experime
     import ray
 
     from karaoke.metrics import summarise
+    from pipelines.prepare import _forwarded_env
 
     tune_cfg = config.tune
     alphas = scored_alphas(config)
     slices = min(len(alphas), -(-tune_cfg.scoring_tasks // len(songs)))
     chunks = [[float(a) for a in chunk] for chunk in np.array_split(alphas, slices)]
-    probability = ray.remote(num_returns=2, num_cpus=tune_cfg.scoring_cpus)(_probability)
-    score = ray.remote(num_cpus=tune_cfg.scoring_cpus)(_score)
+    env = _forwarded_env()  # s3:// checkpoints, on workers started without the driver's AWS_*
+    options = {"num_cpus": tune_cfg.scoring_cpus, "runtime_env": {"env_vars": env} if env else None}
+    probability = ray.remote(num_returns=2, **options)(_probability)
+    score = ray.remote(**options)(_score)
     config_ref = ray.put(config)
     futures = []
     for song in songs:
