@@ -189,7 +189,11 @@ def report(run_dir: str) -> None:
 def entry_point(command: list[str], argv: list[str] | None) -> None:
     """`python -m pipelines.X ARGS` is `karaoke COMMAND ARGS`, run through the group so that a
     `KaraokeError` prints as one line there too."""
-    main.main(args=[*command, *(sys.argv[1:] if argv is None else argv)], prog_name="karaoke")
+    try:
+        main.main(args=[*command, *(sys.argv[1:] if argv is None else argv)], prog_name="karaoke")
+    except SystemExit as exc:
+        if exc.code not in (0, None):  # click ends every command with an exit; only failures propagate
+            raise
 
 
 if __name__ == "__main__":
