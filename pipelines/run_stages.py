@@ -1,0 +1,196 @@
+"""The bookkeeping of `karaoke run` (see pipelines/run.py): where a run lives, the record each
+finished stage leaves in RUN/stages/, the checks a rerun makes before skipping a stage, and the
+guard that keeps training of another model from being resumed or overwritten."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+# Config sections each stage's outputs depend on: a change there makes a rerun redo the stage.
+DATA = ("corpus", "stft", "windows")
+SECTIONS = {
+    "prepare": DATA,
+    "tune": (*DATA, "dnn", "train", "nmf", "evaluation", "tune"),
+    "dnn": (*DATA, "dnn", "train"),
+    "nmf": (*DATA, "nmf"),
+    "alpha": (*DATA, "dnn", "train", "nmf", "evaluation"),
+    "evaluate": (*DATA, "dnn", "train", "nmf", "evaluation"),
+    "report": (*DATA, "dnn", "train", "nmf", "evaluation"),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where a run lives: `root` is a folder or URL; `config` is the effective config (after tuning)."""
+
+    root: str
+    config: Any
+
+    def path(self, *parts: str) -> str:
+        from karaoke.storage import join
+
+        return join(self.root, *parts)
+
+
+def digest(config, stage: str) -> str:
+    from karaoke.config import config_digest
+
+    sections = [s for s in SECTIONS[stage] if hasattr(config, s)]
+    return config_digest(config, *sections)
+
+
+def finished(run: Run, stage: str, check: Callable[[], str]) -> dict | None:
+    """The stage's record when it finished with this config and `check()` passes (it returns what it
+    verified, or raises); else None."""
+    from karaoke.errors import KaraokeError
+    from karaoke.storage import read_json
+
+    record = read_json(run.path("stages", f"{stage}.json"))
+    if not record or record.get("digest") != digest(run.config, stage):
+        return None
+    try:
+        print(f"  done before: {check()}")
+    except (KaraokeError, OSError) as exc:
+        print(f"  its outputs fail their check ({exc}); running it again")
+        return None
+    return record
+
+
+def run_stage(run: Run, stage: str, number: int, check: Callable[[], str], work: Callable[[], dict]) -> dict:
+    """Run `work` unless the stage finished before; record it. Returns the stage's record."""
+    from karaoke.storage import write_json
+
+    print(f"\n[{number}/{len(SECTIONS)}] {stage}", flush=True)
+    record = finished(run, stage, check)
+    if record is not None:
+        return record
+    start = time.perf_counter()
+    outputs = work()
+    record = {
+        "stage": stage,
+        "digest": digest(run.config, stage),
+        "seconds": round(time.perf_counter() - start, 1),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **outputs,
+    }
+    write_json(run.path("stages", f"{stage}.json"), record)
+    print(f"  finished in {record['seconds']:.1f} s", flush=True)
+    return record
+
+
+# --- checks: what a finished stage's outputs must pass --------------------------------------------
+
+
+def check_dataset(run: Run) -> str:
+    from karaoke.dataset import DATA_SECTIONS, DatasetError, load_manifest
+    from karaoke.config import config_digest
+    from karaoke.storage import open_fs
+
+    dataset = run.path("dataset")
+    manifest = load_manifest(dataset)
+    if manifest["config_digest"] != config_digest(run.config, *DATA_SECTIONS):
+        raise DatasetError(f"{dataset}: prepared with other corpus/stft/windows settings")
+    fs, root = open_fs(dataset)
+    present = set(fs.find(root))
+    listed = [f for split in manifest["splits"].values() for f in split["window_files"] + split["song_files"]]
+    missing = [f for f in listed if f"{root}/{f}" not in present]
+    if missing:
+        raise DatasetError(f"{dataset}: the manifest lists {len(missing)} missing shards, e.g. {missing[0]}")
+    return f"{dataset}: {len(listed)} shards of {sum(s['songs'] for s in manifest['splits'].values())} songs"
+
+
+def check_dnn(run: Run) -> str:
+    from karaoke.errors import CheckpointError
+    from karaoke.models.dnn import load_dnn
+    from karaoke.storage import local_copy
+    from pipelines.train_dnn import latest_checkpoint
+
+    last = latest_checkpoint(run.path("dnn"))
+    if last is None:
+        raise CheckpointError(f"{run.path('dnn')}: no checkpoint")
+    with local_copy(last) as folder:
+        _, _, card = load_dnn(folder, run.config)  # verifies the tensors' SHA-256 and the config
+    if card["epoch"] != run.config.train.epochs:
+        raise CheckpointError(f"{last}: epoch {card['epoch']} of {run.config.train.epochs}")
+    return f"{last} (epoch {card['epoch']}, verified)"
+
+
+def check_nmf(run: Run) -> str:
+    from karaoke.models.nmf import load_bases
+    from karaoke.storage import local_copy
+
+    with local_copy(run.path("nmf", "bases")) as folder:
+        W_v, _, card = load_bases(folder, run.config)
+    return f"{run.path('nmf', 'bases')} ({W_v.shape[1]} bases per source, iteration {card['iteration']}, verified)"
+
+
+def check_scores(location: str, methods: list[str], alphas) -> str:
+    from karaoke.report import ScoresError, read_scores
+    from karaoke.storage import local_copy
+
+    with local_copy(location) as folder:
+        rows = read_scores(Path(folder) / "scores.parquet")
+    found = {(r["method"], round(r["alpha"], 6)) for r in rows}
+    wanted = {(m, round(a, 6)) for m in methods for a in alphas}
+    if not wanted <= found:
+        raise ScoresError(f"{location}: lacks scores for {sorted(wanted - found)[:3]}...")
+    return f"{location}: {len(rows)} rows"
+
+
+def check_tune(run: Run) -> str:
+    from karaoke.errors import KaraokeError
+    from karaoke.storage import exists
+    from pipelines.tune import BEST, MARKER
+
+    if not exists(run.path("tune", BEST, MARKER)):
+        raise KaraokeError(f"{run.path('tune', BEST, MARKER)} is missing (the tune did not finish)")
+    return run.path("tune", BEST)
+
+
+def check_report(run: Run) -> str:
+    from karaoke.errors import KaraokeError
+    from karaoke.storage import exists
+
+    for name in ("report/report.md", "report/figure2.png", "report/figure3.png", "results.json"):
+        if not exists(run.path(name)):
+            raise KaraokeError(f"{run.path(name)} is missing")
+    return run.path("report", "report.md")
+
+
+def guard(run: Run, folder: str, model: dict[str, Any]) -> None:
+    """Refuse to train into `folder` when it holds training of another model (`model`: the values that
+    define it, by section), instead of resuming from or overwriting it."""
+    import yaml
+
+    from karaoke.config import config_to_dict
+    from karaoke.errors import CheckpointError
+    from karaoke.storage import join, open_fs
+
+    fs, path = open_fs(join(folder, "config.yaml"))
+    if not fs.isfile(path):
+        return
+    with fs.open(path, "rb") as handle:
+        before = yaml.safe_load(handle.read()) or {}
+    now = config_to_dict(run.config)
+    changed = [key for key, value in model.items() if _pick(before, key) != value or _pick(now, key) != value]
+    if changed:
+        raise CheckpointError(
+            f"{folder}: holds training of another model ({', '.join(changed)} differ from this config); "
+            "choose another --out, or delete that folder to train it again"
+        )
+
+
+def _pick(data: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part, {}) if isinstance(data, dict) else {}
+    return data
+
+
+def model_values(run: Run, keys: tuple[str, ...]) -> dict[str, Any]:
+    from karaoke.config import config_to_dict
+
+    data = config_to_dict(run.config)
+    return {key: _pick(data, key) for key in keys}
