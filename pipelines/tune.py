@@ -159,7 +159,7 @@ def _fit(config: ExperimentConfig, datasets: dict, run_dir: str) -> tuple[str, d
 
     from karaoke.config import config_to_dict
     from pipelines import train_dnn, train_nmf
-    from pipelines.prepare import _forwarded_env
+    from pipelines.prepare import _forwarded_env, train_storage
 
     if config.tune.model == "dnn":
         loop, loop_config, data_config = train_dnn.train_loop_per_worker, {"resume_from": None, "has_valid": True}, None
@@ -178,7 +178,7 @@ def _fit(config: ExperimentConfig, datasets: dict, run_dir: str) -> tuple[str, d
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=storage,
+            **train_storage(storage),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=[TuneReportCallback()],
@@ -334,7 +334,7 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
     from karaoke.dataset import read_songs
     from karaoke.errors import KaraokeError
     from karaoke.storage import exists, is_url, join
-    from pipelines.prepare import _forwarded_env
+    from pipelines.prepare import _forwarded_env, train_storage
     from pipelines.train_dnn import _check_dataset
 
     tune_cfg = config.tune
@@ -370,7 +370,8 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
             scheduler=_scheduler(config),
             search_alg=BasicVariantGenerator(max_concurrent=tune_cfg.max_concurrent_trials, random_state=tune_cfg.seed),
         ),
-        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=out_dir),
+        # an explicit s3 filesystem: trial actors may run in workers started without the driver's AWS_*
+        run_config=tune.RunConfig(name=EXPERIMENT, **train_storage(out_dir)),
     )
     trials = _trials(tuner.fit())
 

@@ -153,3 +153,25 @@ def test_asha_stops_a_trailing_trial_before_it_is_scored(dataset, synth_root, tm
     # the stopped trial reported its first epoch only
     progress = {p.parent.name: p.read_text().strip().count("\n") for p in (tmp_path / "tune" / "ray").glob("*/progress.csv")}
     assert sorted(progress.values()) == [1, 3]
+
+
+@pytest.mark.slow
+def test_tune_into_s3(dataset, synth_root, s3_endpoint, tmp_path):
+    import fsspec
+
+    from karaoke.models.dnn import load_dnn
+    from karaoke.storage import local_copy
+    from pipelines.tune import tune_experiment
+
+    config = tune_config(synth_root, search_space={"dnn.hidden_sizes": [[8]]}, scheduler="none")
+    outcome = tune_experiment(config, dataset, "s3://test-bucket/run/tune")
+    assert outcome.best_checkpoint == "s3://test-bucket/run/tune/best/checkpoint"
+    fs = fsspec.filesystem("s3")
+    assert fs.glob("test-bucket/run/tune/ray/*/events.out.tfevents*")
+    with fs.open("test-bucket/run/tune/results.parquet", "rb") as handle:
+        assert [r["alpha"] for r in pq.read_table(handle).to_pylist()] == ALPHAS
+    criterion = json.loads(fs.cat("test-bucket/run/tune/best/criterion.json"))
+    assert criterion["source_checkpoint"].startswith("s3://test-bucket/run/tune/trials/")
+    with local_copy(outcome.best_checkpoint) as folder:
+        _, _, card = load_dnn(folder, outcome.best_config)
+    assert card["epoch"] == 2
