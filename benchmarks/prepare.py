@@ -100,7 +100,7 @@ def build_config(layout: str, songs: int, work: Path):
         (work / "mir1k" / "Wavfile").mkdir(parents=True)
         for clip in clips:
             os.symlink(clip, work / "mir1k" / "Wavfile" / clip.name)
-        data = yaml.safe_load((REPO / "configs" / "mir1k.yaml").read_text())
+        data = yaml.safe_load((REPO / "configs" / "mir1k-paper.yaml").read_text())
         data = apply_overrides(data, [f"corpus.root={work / 'mir1k'}"])
     else:
         data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
