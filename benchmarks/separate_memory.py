@@ -79,7 +79,8 @@ def main() -> None:
     print(f"model: demo width ({config.n_inputs} -> {config.dnn.hidden_sizes} -> {config.n_inputs}), "
           f"{args.precision}; mono 16 kHz input; machine load {os.getloadavg()[0]:.1f}")
     for minutes, (seconds, peak) in results.items():
-        print(f"{minutes:g} min: {seconds:.1f} s wall ({minutes * 60 / seconds:.1f}x real time), peak RSS {peak:.0f} MiB")
+        speed = minutes * 60 / seconds
+        print(f"{minutes:g} min: {seconds:.1f} s wall ({speed:.1f}x real time), peak RSS {peak:.0f} MiB")
     short, long = results[1.0][1], results[args.minutes][1]
     print(f"peak RSS ratio {args.minutes:g} min / 1 min: {long / short:.2f} (bounded memory: about 1)")
 

@@ -98,13 +98,13 @@ def _kill_one_worker_and_see_restart(run: Path, job: Future) -> str:
 
 
 def _dnn_config(synth_root: Path, **train):
-    # Windows every 2 frames and a 512-unit layer: a few seconds per epoch, so a kill lands mid-run.
+    # Windows every 2 frames and a 256-unit layer: seconds per epoch, so a kill lands mid-run.
     return config_from_dict(
         small_config_dict(
             str(synth_root),
             corpus={"valid_fraction": 0.3},
             windows={"train_hop": 2},
-            dnn={"hidden_sizes": [512]},
+            dnn={"hidden_sizes": [256]},
             train={"num_workers": 2, "epochs": 3, "optimizer": "adam", "learning_rate": 1e-3, "max_failures": 1,
                    **train},
         )
@@ -148,8 +148,12 @@ def test_dnn_worker_killed_mid_run_restarts_from_last_checkpoint(dnn_dataset, sy
             assert card["history"][:-1] == previous["history"]  # earlier epochs unchanged by the restart
         previous = card
     assert previous["metrics"] == previous["history"][-1] == {k: result.metrics[k] for k in previous["metrics"]}
-    # the restart resumed from the registered checkpoint instead of redoing it
+    # the restart resumed from the registered checkpoint instead of redoing it, and Ray Train's record
+    # holds one checkpoint per epoch
     assert (run / resumed / "checkpoint.json").read_text() == resumed_card
+    snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+    registered = [result["checkpoint_dir_name"] for result in snapshot["checkpoint_results"]]
+    assert registered == ["epoch_0001", "epoch_0002", "epoch_0003"]
 
 
 # --- worker loss in NMF training ----------------------------------------------------------------
@@ -165,8 +169,12 @@ def test_nmf_worker_killed_mid_fit_restarts_from_last_checkpoint(dnn_dataset, sy
     from pipelines.train_nmf import train_nmf
 
     config = config_from_dict(
-        {**small_config_dict(str(synth_root), windows={"train_hop": 2}),
-         "nmf": {"n_components": 8, "train_iterations": 24, "checkpoint_every": 4, "num_workers": 2, "max_failures": 1}}
+        small_config_dict(
+            str(synth_root),
+            corpus={"valid_fraction": 0.3},
+            windows={"train_hop": 2},
+            nmf={"n_components": 8, "train_iterations": 24, "checkpoint_every": 4, "num_workers": 2, "max_failures": 1},
+        )
     )
     run = tmp_path / "run"
     with ThreadPoolExecutor(1) as pool:
