@@ -147,3 +147,24 @@ def test_killed_driver_then_the_same_command_resumes_training(ray_session, synth
     history = json.loads(cards[-1].read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(1, 13))
     assert (run_dir / "stages" / "report.json").is_file()
+
+
+def test_tune_stage_feeds_its_best_config_to_training(ray_session, synth_root, tmp_path, capsys):
+    """With `tune.num_samples` > 0 the run tunes first (here: NMF K over two trials) and trains the
+    final model with the winner's values; a rerun skips the tune."""
+    from karaoke.config import config_from_dict
+    from karaoke.models.nmf import load_bases
+    from pipelines.run import run_experiment
+
+    tune = {"num_samples": 1, "model": "nmf", "search_space": {"nmf.n_components": [4, 6]}, "scheduler": "none"}
+    config = config_from_dict(run_config(synth_root, train={"epochs": 1}, tune=tune))
+    run_dir = Path(run_experiment(config, str(tmp_path / "run")))
+    record = json.loads((run_dir / "stages" / "tune.json").read_text())
+    best_k = record["best_config"]["nmf"]["n_components"]
+    winner = json.loads((run_dir / "tune" / "best" / "criterion.json").read_text())
+    assert best_k in (4, 6) and winner
+    W_v, _, _ = load_bases(run_dir / "nmf" / "bases", config_from_dict(record["best_config"]))
+    assert W_v.shape[1] == best_k
+    capsys.readouterr()
+    run_experiment(config, str(run_dir))
+    assert capsys.readouterr().out.count("done before:") == len(STAGES) + 1
