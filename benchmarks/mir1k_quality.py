@@ -181,6 +181,9 @@ def sar_gap_at_equal_sir(dnn_sweep: list[dict], nmf_sweep: list[dict], source: s
     are skipped). NaN when the SIR ranges do not overlap."""
     sir = np.array([s[f"{source}_gsir"] for s in dnn_sweep])
     sar = np.array([s[f"{source}_gsar"] for s in dnn_sweep])
+    # An alpha whose estimate is silent on every clip has no score.
+    keep = np.isfinite(sir) & np.isfinite(sar)
+    sir, sar = sir[keep], sar[keep]
     order = np.argsort(sir)
     gaps = [
         float(np.interp(point[f"{source}_gsir"], sir[order], sar[order])) - point[f"{source}_gsar"]
@@ -206,9 +209,11 @@ def report(paths: list[str], out_dir: str | None) -> None:
                 continue
             label = f"{results['name']} {key} ({scores.get('mask', 'binary')}, {results['valid_clips']} clips)"
             print(format_row(label, scores, scores.get("train_seconds")))
-            if scores.get("mask", "binary") == "binary" and key in ("dnn", "nmf"):
-                sweeps[key] = scores["sweep"]
-                rows += [{**row, "method": key} for row in scores.get("rows", [])]
+            method = key.split("_")[0]
+            # Figures and the SAR comparison: the binary-mask sweeps that kept their per-clip rows.
+            if scores.get("mask", "binary") == "binary" and method in ("dnn", "nmf") and scores.get("rows"):
+                sweeps[method] = scores["sweep"]
+                rows += [{**row, "method": method} for row in scores["rows"]]
     if {"dnn", "nmf"} <= set(sweeps):
         for source in ("vocals", "accompaniment"):
             print(f"{source}: DNN GSAR - NMF GSAR at equal GSIR: {sar_gap_at_equal_sir(sweeps['dnn'], sweeps['nmf'], source):.2f} dB")
