@@ -38,8 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from karaoke.config import ExperimentConfig, load_config  # noqa: E402
-from karaoke.mixing import MixedSong  # noqa: E402
+from karaoke.config import ExperimentConfig, load_config
+from karaoke.mixing import MixedSong
 
 REPORT_ALPHA = 0.5
 

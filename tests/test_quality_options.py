@@ -133,7 +133,8 @@ def test_prepare_song_writes_the_remixed_windows_of_training_songs_only(tmp_path
     expected = song_training_rows(mixed, config, remix_partner_songs(train, config))
     windows = read_windows(dataset, "train", columns=["song_id", "mixture", "ibm"])
     mine = windows["song_id"] == train.song_id
-    assert mine.sum() == len(expected["mixture"]) == 3 * len(training_rows(song_features(mixed, config), config)["mixture"])
+    own = training_rows(song_features(mixed, config), config)
+    assert mine.sum() == len(expected["mixture"]) == 3 * len(own["mixture"])
     np.testing.assert_allclose(windows["mixture"][mine], expected["mixture"], rtol=1e-3, atol=1e-4)  # float16 on disk
     np.testing.assert_array_equal(windows["ibm"][mine], expected["ibm"])
     test_song = next(s for s in songs if s.split == "test")
