@@ -162,11 +162,13 @@ def _fit(config: ExperimentConfig, datasets: dict, run_dir: str) -> tuple[str, d
     from pipelines.prepare import _forwarded_env, train_storage
 
     if config.tune.model == "dnn":
-        loop, loop_config, data_config = train_dnn.train_loop_per_worker, {"resume_from": None, "has_valid": True}, None
+        loop, loop_config = train_dnn.train_loop_per_worker, {"resume_from": None, "has_valid": True}
+        data_config = ray.train.DataConfig()  # shards of the train and valid windows
         workers, cpus, gpu, max_failures = (config.train.num_workers, config.train.cpus_per_worker,
                                             config.train.use_gpu, config.train.max_failures)
     else:
-        loop, loop_config, data_config = train_nmf.train_loop, {}, ray.train.DataConfig(datasets_to_split=[])
+        loop, loop_config = train_nmf.train_loop, {}
+        data_config = ray.train.DataConfig(datasets_to_split=[])  # each worker keeps its own columns
         workers, cpus, gpu, max_failures = (config.nmf.num_workers, config.nmf.cpus_per_worker,
                                             config.nmf.use_gpu, config.nmf.max_failures)
     storage, name = run_dir.rsplit("/", 1)
@@ -185,7 +187,7 @@ def _fit(config: ExperimentConfig, datasets: dict, run_dir: str) -> tuple[str, d
             worker_runtime_env={"env_vars": _forwarded_env()},
         ),
         datasets=datasets,
-        **({"dataset_config": data_config} if data_config else {}),
+        dataset_config=data_config,
     )
     result = trainer.fit()
     # Train's checkpoint path has no URL scheme on s3: name the folder under run_dir instead.
@@ -197,6 +199,7 @@ def run_trial(params: dict[str, Any], base: dict, datasets: dict, songs: list, o
     import ray.tune
 
     from karaoke.config import config_from_dict
+
     os.environ.update(env)  # s3:// credentials on a cluster started without them
     config = trial_config(config_from_dict(base), params)
     trial_id = ray.tune.get_context().get_trial_id()
