@@ -410,9 +410,9 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
 
 
 def main(argv: list[str] | None = None) -> None:
-    from karaoke.cli import tune_command
+    from karaoke.cli import entry_point
 
-    tune_command.main(args=argv, prog_name="python -m pipelines.tune")
+    entry_point(["tune"], argv)
 
 
 if __name__ == "__main__":
