@@ -2,9 +2,9 @@
 keep its validation vocal GNSDR, so a change that breaks quality (features, windows, training,
 Eq. 1 averaging, masks, scoring) fails here and not only in a long benchmark run.
 
-Measured on this shared 2-core machine: training seeds 0, 1, 2 gave vocal GNSDR 3.53, 3.37, 3.39 dB
-(spread 0.16 dB) and accompaniment GNSDR 1.46, 1.45, 1.62 dB, in 78-330 s depending on the load.
-The floors (2.0 and 0.5 dB) sit about ten spreads below: noise does not cross them, while an
+Measured on this shared 2-core machine: training seeds 0, 1, 2 gave vocal GNSDR 3.59, 3.37, 3.39 dB
+(spread 0.22 dB) and accompaniment GNSDR 1.47, 1.45, 1.62 dB, in 32 s (idle) to 330 s (load 30).
+The floors (2.0 and 0.5 dB) sit about six spreads below: noise does not cross them, while an
 untrained network (p = 0.5 everywhere: each estimate is half the mixture) scores 0 dB and a broken
 one below.
 """
