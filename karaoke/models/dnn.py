@@ -79,8 +79,12 @@ class MaskDNN(nn.Module):
         x = self.net[:-1](x)
         return x.reshape(-1, self.n_bins, self.n_frames)
 
-    def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(windows))
+    def forward(self, windows: torch.Tensor, return_logits: bool = False) -> torch.Tensor:
+        """Probabilities (batch, n_bins, T), or with `return_logits` their pre-sigmoid values. Losses
+        call the model itself (not `.logits`) so that a DistributedDataParallel wrapper's forward runs:
+        it arms the gradient all-reduce, which a call that bypasses it silently skips."""
+        logits = self.logits(windows)
+        return logits if return_logits else torch.sigmoid(logits)
 
 
 def build_model(config: ExperimentConfig) -> MaskDNN:
@@ -95,18 +99,18 @@ def make_loss(train_cfg: TrainConfig) -> Callable[[MaskDNN, torch.Tensor, torch.
     error on the sigmoid output, "bce" the binary cross-entropy (computed from logits)."""
 
     def mse(model: MaskDNN, mixture: torch.Tensor, ibm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        prob = torch.sigmoid(_unwrap(model).logits(mixture).float())
+        prob = torch.sigmoid(model(mixture, return_logits=True).float())
         return nn.functional.mse_loss(prob, ibm), prob
 
     def bce(model: MaskDNN, mixture: torch.Tensor, ibm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = _unwrap(model).logits(mixture).float()
+        logits = model(mixture, return_logits=True).float()
         return nn.functional.binary_cross_entropy_with_logits(logits, ibm), torch.sigmoid(logits)
 
     return {"mse": mse, "bce": bce}[train_cfg.loss]
 
 
 def _unwrap(model: nn.Module) -> MaskDNN:
-    """The MaskDNN inside a DistributedDataParallel wrapper (gradients still sync through `module`)."""
+    """The MaskDNN inside a DistributedDataParallel wrapper (for its state dict; never for a forward)."""
     return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
 
 
