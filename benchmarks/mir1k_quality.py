@@ -17,7 +17,8 @@ comparison as a number (DNN SAR minus NMF SAR at equal SIR) and draws Figures 2 
 The README's "MIR-1K results" table came from (A9 = "evaluation.alphas=[0.1,0.2,...,0.9]"):
 
     B=python benchmarks/mir1k_quality.py --threads 1 --set $A9
-    $B --config configs/mir1k.yaml --valid-every 2 --also-mask binary --json best.json
+    $B --config configs/mir1k.yaml --threads 2 --valid-every 6 --set "evaluation.alphas=[0.5]" --json best.json
+    $B --config configs/mir1k.yaml --set train.epochs=4 --valid-every 2 --also-mask binary --json best4.json
     $B --config configs/mir1k-paper.yaml --valid-every 4 --set train.epochs=10 --json paper.json
     $B --config configs/mir1k-paper.yaml --no-dnn --nmf --valid-every 17 --also-mask soft --json nmf.json
     $B --config configs/mir1k-paper.yaml --no-dnn --ibm --valid-every 2 --set "evaluation.alphas=[0.5]" --json ibm.json
