@@ -245,13 +245,15 @@ def _scheduler(config: ExperimentConfig):
 def _trial_datasets(config: ExperimentConfig, dataset: str) -> dict:
     """The windows the trials train on, read and materialised once for all of them."""
     from pipelines.prepare import read_windows_dataset
+    from pipelines.train_dnn import shuffled_train_windows
     from pipelines.train_nmf import COLUMNS
 
     if config.tune.model == "nmf":
         return {"train": read_windows_dataset(dataset, "train").select_columns(COLUMNS).materialize()}
+    # The shards hold each song's windows together: shuffled once across songs, as `karaoke train dnn` does.
     return {
-        split: read_windows_dataset(dataset, split).select_columns(["mixture", "ibm"]).materialize()
-        for split in ("train", "valid")
+        "train": shuffled_train_windows(dataset, config.train.seed),
+        "valid": read_windows_dataset(dataset, "valid").select_columns(["mixture", "ibm"]).materialize(),
     }
 
 

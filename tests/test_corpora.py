@@ -132,3 +132,13 @@ def test_synth_is_deterministic_and_has_vocal_structure(tmp_path):
     songs = list_songs(corpus("stems", tmp_path))
     assert [s.split for s in songs] == ["train"] * 4 + ["test"]
     assert len(songs[0].accompaniment_stems) == 3
+
+
+def test_synth_corpus_of_another_length_is_refused(tmp_path):
+    from karaoke.corpora.synth import write_synth_corpus
+    from karaoke.errors import CorpusError
+
+    write_synth_corpus(tmp_path, n_songs=1, seconds=1.0, sample_rate=8000)
+    write_synth_corpus(tmp_path, n_songs=1, seconds=1.0, sample_rate=8000)  # the same songs: kept
+    with pytest.raises(CorpusError, match=r"1 s at 8000 Hz, but 2 s at 8000 Hz were asked for; delete"):
+        write_synth_corpus(tmp_path, n_songs=2, seconds=2.0, sample_rate=8000)

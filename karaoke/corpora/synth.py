@@ -187,13 +187,26 @@ def synth_split(index: int) -> str:
 
 
 def write_synth_corpus(out: str | Path, n_songs: int, seed: int = 0, seconds: float = 20.0, sample_rate: int = 16000, progress: bool = False) -> Path:
-    """Write `n_songs` synthetic songs as a stems folder; songs already written are kept."""
+    """Write `n_songs` synthetic songs as a stems folder; songs already written are kept (and must
+    have the asked length and rate: `CorpusError` otherwise)."""
     from tqdm import tqdm
 
+    import soundfile
+
+    from karaoke.errors import CorpusError
+
     out = Path(out)
+    n_samples = int(round(seconds * sample_rate))
     for index in tqdm(range(n_songs), desc="synth songs", disable=not progress):
         song_dir = out / synth_split(index) / f"synth_{seed:03d}_{index:04d}"
         if (song_dir / "vocals.wav").exists():
+            # A song kept from an earlier call must be the song asked for, or the corpus would mix lengths.
+            info = soundfile.info(str(song_dir / "vocals.wav"))
+            if (info.frames, info.samplerate) != (n_samples, sample_rate):
+                raise CorpusError(
+                    f"{song_dir}: a synthetic song of {info.frames / info.samplerate:g} s at {info.samplerate} Hz, "
+                    f"but {seconds:g} s at {sample_rate} Hz were asked for; delete {out} or choose another corpus.root"
+                )
             continue
         stems = synth_song(index, seed, seconds, sample_rate)
         # vocals.wav is written last: its presence marks a complete song for a rerun.
