@@ -1,10 +1,8 @@
-import json
 import subprocess
 import sys
 
 import numpy as np
 
-from karaoke.audio import read_audio
 from karaoke.corpora import list_songs
 from karaoke.oracle import ibm_scores
 
