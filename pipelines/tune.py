@@ -10,6 +10,10 @@ Tune function trainable that
 1. trains in a `TorchTrainer` running the loop of `pipelines.train_dnn` (or `pipelines.train_nmf`),
    whose reports reach Tune through `TuneReportCallback`: ASHA stops a DNN trial whose per-epoch
    validation loss trails (NMF trials run to the end). Checkpoints go to OUT/trials/<trial id>/.
+   Known bug (Ray 2.60, Train V2 inside Tune): when ASHA stops a trial, the placement group of
+   its Train worker group stays reserved until the tune's driver exits. On a cluster with CPUs to
+   spare this only wastes them; on a 2-CPU machine the next trial's workers then wait forever, so
+   use `tune.scheduler: none` there until it is fixed.
 2. computes each validation song's vocal probability once (one Ray task per song) and scores the
    alphas of `evaluation.alphas` in parallel Ray tasks, all inside the trial's placement group: the
    trial itself takes 0.01 CPU, its tasks `tune.scoring_tasks` bundles of `tune.scoring_cpus`
