@@ -12,6 +12,7 @@ so a corpus with more songs extends a smaller one.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -187,32 +188,49 @@ def synth_split(index: int) -> str:
 
 
 def write_synth_corpus(out: str | Path, n_songs: int, seed: int = 0, seconds: float = 20.0, sample_rate: int = 16000, progress: bool = False) -> Path:
-    """Write `n_songs` synthetic songs as a stems folder; songs already written are kept (and must
-    have the asked length and rate: `CorpusError` otherwise)."""
+    """Write `n_songs` synthetic songs as a stems folder; songs already written are kept. A folder
+    holding songs of another length or rate is refused (`CorpusError`): a corpus must not mix them.
+    The folder's settings are recorded in `synth.json`."""
     from tqdm import tqdm
 
-    import soundfile
-
-    from karaoke.errors import CorpusError
-
     out = Path(out)
-    n_samples = int(round(seconds * sample_rate))
+    _check_settings(out, seconds, sample_rate)
     for index in tqdm(range(n_songs), desc="synth songs", disable=not progress):
         song_dir = out / synth_split(index) / f"synth_{seed:03d}_{index:04d}"
         if (song_dir / "vocals.wav").exists():
-            # A song kept from an earlier call must be the song asked for, or the corpus would mix lengths.
-            info = soundfile.info(str(song_dir / "vocals.wav"))
-            if (info.frames, info.samplerate) != (n_samples, sample_rate):
-                raise CorpusError(
-                    f"{song_dir}: a synthetic song of {info.frames / info.samplerate:g} s at {info.samplerate} Hz, "
-                    f"but {seconds:g} s at {sample_rate} Hz were asked for; delete {out} or choose another corpus.root"
-                )
             continue
         stems = synth_song(index, seed, seconds, sample_rate)
         # vocals.wav is written last: its presence marks a complete song for a rerun.
         for name in ("drums", "bass", "chords", "vocals"):
             write_audio(song_dir / f"{name}.wav", stems[name], sample_rate)
+    (out / SETTINGS).write_text(json.dumps({"seconds": seconds, "sample_rate": sample_rate}))
     return out
+
+
+SETTINGS = "synth.json"
+
+
+def _check_settings(out: Path, seconds: float, sample_rate: int) -> None:
+    """The folder's recorded settings (or, in a folder from before they were recorded, the first
+    song's length and rate) must be the asked ones."""
+    import soundfile
+
+    from karaoke.errors import CorpusError
+
+    if (out / SETTINGS).is_file():
+        found = json.loads((out / SETTINGS).read_text())
+        held = (float(found["seconds"]), int(found["sample_rate"]))
+    else:
+        songs = sorted(out.glob("*/synth_*/vocals.wav"))
+        if not songs:
+            return
+        info = soundfile.info(str(songs[0]))
+        held = (info.frames / info.samplerate, info.samplerate)
+    if held != (float(seconds), int(sample_rate)):
+        raise CorpusError(
+            f"{out}: holds synthetic songs of {held[0]:g} s at {held[1]} Hz, but {seconds:g} s at {sample_rate} Hz "
+            f"were asked for; delete {out} or choose another corpus.root"
+        )
 
 
 def ensure_synth_corpus(corpus) -> Path:
