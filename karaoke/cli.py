@@ -85,6 +85,12 @@ def check_config(config_path: str, overrides: tuple[str, ...]) -> None:
     click.echo(yaml.safe_dump(config_to_dict(load_config(config_path, overrides)), sort_keys=False))
 
 
+data_option = click.option(
+    "--data", "dataset", required=True, help="Prepared dataset (folder or s3:// URL, see `pipelines.prepare`)."
+)
+resume_option = click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+
+
 @main.group()
 def train() -> None:
     """Train a separation model on a prepared dataset."""
@@ -93,9 +99,9 @@ def train() -> None:
 @train.command("dnn")
 @config_option
 @set_option
-@click.option("--data", "dataset", required=True, help="Prepared dataset (folder or s3:// URL, see `pipelines.prepare`).")
+@data_option
 @click.option("--out", "run_dir", required=True, help="Run directory for checkpoints and metrics (folder or s3:// URL).")
-@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@resume_option
 def train_dnn_command(config_path: str, overrides: tuple[str, ...], dataset: str, run_dir: str, resume: bool) -> None:
     """Train the paper's mask DNN data-parallel on Ray Train; a checkpoint every epoch."""
     from karaoke.config import load_config
@@ -108,9 +114,9 @@ def train_dnn_command(config_path: str, overrides: tuple[str, ...], dataset: str
 @train.command("nmf")
 @config_option
 @set_option
-@click.option("--data", "dataset", required=True, help="Prepared dataset (folder or s3:// URL, see `pipelines.prepare`).")
+@data_option
 @click.option("--out", "run_dir", required=True, help="Run directory for the bases, objective and checkpoints (folder or s3:// URL).")
-@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@resume_option
 def train_nmf_command(config_path: str, overrides: tuple[str, ...], dataset: str, run_dir: str, resume: bool) -> None:
     """Learn the NMF baseline's vocal and accompaniment bases as distributed KL-NMF on Ray Train."""
     from karaoke.config import load_config

@@ -291,10 +291,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (it is saved beside every output)."""
+    """Write the resolved config as YAML (it is saved beside every output) to a local path or an
+    s3:// URL, complete or not at all."""
     import yaml
 
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    from karaoke.storage import open_fs, write_atomic
+
+    payload = yaml.safe_dump(config_to_dict(config), sort_keys=False).encode()
+    fs, target = open_fs(path)
+    write_atomic(fs, target, lambda handle: handle.write(payload))
 
 
 def config_digest(config: ExperimentConfig, *sections: str) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from karaoke.config import ExperimentConfig, config_digest, config_from_dict, config_to_dict
+from karaoke.config import ExperimentConfig, config_digest, config_from_dict, config_to_dict, save_config
 from karaoke.corpora.base import Song
 from karaoke.errors import KaraokeError
 from karaoke.features import remix_partners, song_features, song_training_rows, training_rows
@@ -234,8 +234,6 @@ def _check_shards_exist(dataset: str, fs: Any, root: str, files: list[str]) -> N
 
 def write_manifest(dataset: str, config: ExperimentConfig, statuses: list[dict[str, Any]]) -> dict[str, Any]:
     """Write `config.yaml` and then `manifest.json` (last, atomically): the dataset is now complete."""
-    import yaml
-
     fs, root = open_fs(dataset)
     statuses = sorted(statuses, key=lambda s: s["song_id"])
     ok = [s for s in statuses if s["status"] == "ok"]
@@ -263,8 +261,7 @@ def write_manifest(dataset: str, config: ExperimentConfig, statuses: list[dict[s
         "songs": [{k: v for k, v in s.items() if k != "config_digest"} for s in statuses],
     }
     _check_shards_exist(dataset, fs, root, [f for s in ok for f in s["files"]])
-    config_yaml = yaml.safe_dump(config_to_dict(config), sort_keys=False).encode()
-    write_atomic(fs, posixpath.join(root, "config.yaml"), lambda handle: handle.write(config_yaml))
+    save_config(config, posixpath.join(str(dataset).rstrip("/"), "config.yaml"))
     payload = json.dumps(manifest, indent=1).encode()
     write_atomic(fs, posixpath.join(root, MANIFEST), lambda handle: handle.write(payload))
     return manifest

@@ -81,10 +81,10 @@ def train_dnn(run: Run) -> dict:
     from pipelines.train_dnn import latest_checkpoint, train_dnn
 
     guard(run, run.path("dnn"), model_values(run, ("stft", "windows", "dnn")))
-    resume = latest_checkpoint(run.path("dnn")) is not None
-    if resume:
-        print(f"  resuming from {latest_checkpoint(run.path('dnn'))}")
-    result = train_dnn(run.config, run.path("dataset"), run.path("dnn"), resume=resume)
+    last = latest_checkpoint(run.path("dnn"))
+    if last is not None:
+        print(f"  resuming from {last}")
+    result = train_dnn(run.config, run.path("dataset"), run.path("dnn"), resume=last is not None)
     return {"checkpoint": result.checkpoint_path, "metrics": result.metrics}
 
 
@@ -193,17 +193,13 @@ def run_experiment(config, run_dir: str) -> str:
     """Run (or resume) every stage of `config` into `run_dir`; returns the run directory."""
     import ray
 
-    from karaoke.config import config_from_dict, config_to_dict
+    from karaoke.config import config_from_dict, save_config
     from karaoke.dataset import DatasetError, split_files
-    from karaoke.storage import is_url, join, open_fs, read_json, write_atomic
-
-    import yaml
+    from karaoke.storage import is_url, join, read_json
 
     root = run_dir if is_url(run_dir) else os.path.abspath(run_dir)
     run = Run(root, config)
-    fs, path = open_fs(root)
-    config_yaml = yaml.safe_dump(config_to_dict(config), sort_keys=False).encode()
-    write_atomic(fs, join(path, "config.yaml"), lambda handle: handle.write(config_yaml))
+    save_config(config, run.path("config.yaml"))
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if not ray.is_initialized():
@@ -211,8 +207,7 @@ def run_experiment(config, run_dir: str) -> str:
     start = time.perf_counter()
 
     run_stage(run, "prepare", 1, lambda: check_dataset(run), lambda: prepare(run))
-    tune_config = getattr(config, "tune", None)
-    if tune_config is not None and tune_config.num_samples > 0:
+    if config.tune.num_samples > 0:
         record = run_stage(run, "tune", 2, lambda: check_tune(run), lambda: tune(run))
         run = Run(root, config_from_dict(record["best_config"], source=run.path("stages", "tune.json")))
     else:

@@ -38,8 +38,7 @@ class Run:
 def digest(config, stage: str) -> str:
     from karaoke.config import config_digest
 
-    sections = [s for s in SECTIONS[stage] if hasattr(config, s)]
-    return config_digest(config, *sections)
+    return config_digest(config, *SECTIONS[stage])
 
 
 def finished(run: Run, stage: str, check: Callable[[], str]) -> dict | None:

@@ -159,18 +159,6 @@ def _check_dataset(config, dataset: str):
         )
 
 
-def _save_run_config(config, run_dir: str) -> None:
-    import fsspec
-    import yaml
-
-    from karaoke.config import config_to_dict
-
-    fs, root = fsspec.core.url_to_fs(run_dir)
-    fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root.rstrip('/')}/config.yaml", "w") as handle:
-        handle.write(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-
-
 def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> TrainResult:
     """Train on `dataset` into `run_dir`; returns the last checkpoint's path and metrics.
 
@@ -182,7 +170,7 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from karaoke.config import config_to_dict
+    from karaoke.config import config_to_dict, save_config
     from karaoke.dataset import DatasetError
     from karaoke.errors import CheckpointError
     from karaoke.models.dnn import TrainingError
@@ -199,7 +187,7 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
     if not ray.is_initialized():
         ray.init()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    _save_run_config(config, run_dir)
+    save_config(config, f"{run_dir}/config.yaml")
 
     datasets = {"train": shuffled_train_windows(dataset, config.train.seed)}
     try:

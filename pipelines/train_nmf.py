@@ -129,13 +129,12 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> st
 
     import ray.data
     import ray.train
-    import yaml
     from ray.train.torch import TorchTrainer
 
     from karaoke.checkpoint import load_checkpoint
-    from karaoke.config import config_to_dict
+    from karaoke.config import config_to_dict, save_config
     from karaoke.errors import KaraokeError
-    from karaoke.storage import exists, is_url, join, open_fs, upload_folder, write_atomic, write_json
+    from karaoke.storage import exists, is_url, join, upload_folder, write_json
     from pipelines.prepare import train_storage
 
     run_dir = str(run_dir) if is_url(run_dir) else str(Path(run_dir).resolve())
@@ -146,9 +145,7 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> st
     if resume and not started:
         raise KaraokeError(f"{run_dir}: no NMF run to resume (nothing under {join(storage, RUN_NAME)})")
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
-    fs, root = open_fs(run_dir)
-    config_yaml = yaml.safe_dump(config_to_dict(config), sort_keys=False).encode()
-    write_atomic(fs, f"{root}/config.yaml", lambda handle: handle.write(config_yaml))
+    save_config(config, join(run_dir, "config.yaml"))
     nmf = config.nmf
     trainer = TorchTrainer(
         train_loop,

@@ -92,12 +92,13 @@ def test_two_workers_checkpoint_resume_and_separate(dataset, synth_root, tmp_pat
 def test_run_directory_on_s3_finds_the_last_complete_checkpoint(s3_endpoint, small_config, tmp_path):
     import fsspec
 
+    from karaoke.config import save_config
     from karaoke.models.dnn import build_model, save_dnn
-    from pipelines.train_dnn import _save_run_config, latest_checkpoint
+    from pipelines.train_dnn import latest_checkpoint
 
     run_dir = "s3://test-bucket/runs/dnn"
     assert latest_checkpoint(run_dir) is None
-    _save_run_config(small_config, run_dir)
+    save_config(small_config, f"{run_dir}/config.yaml")
     fs = fsspec.filesystem("s3")
     assert fs.exists("test-bucket/runs/dnn/config.yaml")
     model = build_model(small_config)
