@@ -137,9 +137,9 @@ def _score(config, scores_dir: Path, providers: list[tuple[str, str | None]], so
 
     scores_dir.mkdir(parents=True, exist_ok=True)
 
-    from pipelines.prepare import _forwarded_env
+    from pipelines.prepare import forwarded_env
 
-    env = _forwarded_env()  # s3:// checkpoints and songs, on workers started without the driver's AWS_*
+    env = forwarded_env()  # s3:// checkpoints and songs, on workers started without the driver's AWS_*
     task = ray.remote(num_cpus=1, runtime_env={"env_vars": env} if env else None)(score_song)
     config_ref = ray.put(config)
     futures = []

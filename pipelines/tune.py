@@ -127,13 +127,13 @@ def score_checkpoint(method: str, checkpoint: str, songs: list, config: Experime
     import ray
 
     from karaoke.metrics import summarise
-    from pipelines.prepare import _forwarded_env
+    from pipelines.prepare import forwarded_env
 
     tune_cfg = config.tune
     alphas = scored_alphas(config)
     slices = min(len(alphas), -(-tune_cfg.scoring_tasks // len(songs)))
     chunks = [[float(a) for a in chunk] for chunk in np.array_split(alphas, slices)]
-    env = _forwarded_env()  # s3:// checkpoints, on workers started without the driver's AWS_*
+    env = forwarded_env()  # s3:// checkpoints, on workers started without the driver's AWS_*
     options = {"num_cpus": tune_cfg.scoring_cpus, "runtime_env": {"env_vars": env} if env else None}
     probability = ray.remote(num_returns=2, **options)(_probability)
     score = ray.remote(**options)(_score)
@@ -163,7 +163,7 @@ def _fit(config: ExperimentConfig, datasets: dict, run_dir: str) -> tuple[str, d
 
     from karaoke.config import config_to_dict
     from pipelines import train_dnn, train_nmf
-    from pipelines.prepare import _forwarded_env, train_storage
+    from pipelines.prepare import forwarded_env, train_storage
 
     if config.tune.model == "dnn":
         loop, loop_config = train_dnn.train_loop_per_worker, {"resume_from": None, "has_valid": True}
@@ -188,7 +188,7 @@ def _fit(config: ExperimentConfig, datasets: dict, run_dir: str) -> tuple[str, d
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             callbacks=[TuneReportCallback()],
-            worker_runtime_env={"env_vars": _forwarded_env()},
+            worker_runtime_env={"env_vars": forwarded_env()},
         ),
         datasets=datasets,
         dataset_config=data_config,
@@ -343,7 +343,7 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
     from karaoke.dataset import read_songs
     from karaoke.errors import KaraokeError
     from karaoke.storage import exists, is_url, join
-    from pipelines.prepare import _forwarded_env, train_storage
+    from pipelines.prepare import forwarded_env, train_storage
     from pipelines.train_dnn import _check_dataset
 
     tune_cfg = config.tune
@@ -368,7 +368,7 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
         datasets=_trial_datasets(config, dataset),
         songs=[ray.put(song) for song in songs],
         out_dir=out_dir,
-        env=_forwarded_env(),
+        env=forwarded_env(),
     )
     bundles = [{"CPU": 0.01}] + [{"CPU": tune_cfg.scoring_cpus}] * tune_cfg.scoring_tasks
     tuner = tune.Tuner(
