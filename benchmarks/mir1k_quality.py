@@ -32,6 +32,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +69,9 @@ def training_arrays(songs: list[MixedSong], config: ExperimentConfig) -> dict[st
     }
 
 
-def train_dnn(config: ExperimentConfig, rows: dict[str, np.ndarray], log=print) -> tuple[torch.nn.Module, float]:
-    """Train the config's network on `rows` for train.epochs epochs; returns (model, seconds)."""
+def train_dnn(config: ExperimentConfig, rows: dict[str, np.ndarray], log=print, after_epoch=None) -> tuple[torch.nn.Module, float]:
+    """Train the config's network on `rows` for train.epochs epochs; returns (model, seconds of training).
+    `after_epoch(epoch, model)` (1-based epoch; the model in eval mode) runs after each epoch, untimed."""
     from karaoke.models.dnn import build_model, make_loss, make_optimizer, train_epoch
 
     torch.manual_seed(config.train.seed)
@@ -86,6 +88,11 @@ def train_dnn(config: ExperimentConfig, rows: dict[str, np.ndarray], log=print) 
         )
         stats = train_epoch(model, batches, optimizer, loss_fn, torch.device("cpu"))
         log(f"  epoch {epoch + 1}: loss {stats.loss:.4f} accuracy {stats.accuracy:.4f} ({time.perf_counter() - start:.0f} s)")
+        if after_epoch is not None:
+            paused = time.perf_counter()
+            after_epoch(epoch + 1, model.eval())
+            model.train()
+            start += time.perf_counter() - paused
     return model.eval(), time.perf_counter() - start
 
 
@@ -241,6 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ibm", action="store_true", help="also score the ideal binary mask")
     parser.add_argument("--also-mask", action="append", default=[], choices=["binary", "soft"],
                         help="also score the DNN/NMF masks in this mode (the network runs once)")
+    parser.add_argument("--score-every", type=int, default=0, metavar="E",
+                        help="also score the DNN (config's mask, alpha 0.5) after every E-th epoch: the learning curve")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="write the scores here")
     parser.add_argument("--report", nargs="+", default=None, metavar="JSON",
@@ -271,7 +280,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dnn:
         rows = training_arrays(train_songs, config)
         print(f"  {len(rows['mixture'])} training windows", flush=True)
-        model, seconds = train_dnn(config, rows, log=lambda line: print(line, flush=True))
+        curve = results["curve"] = []
+
+        def score_epoch(epoch: int, model: torch.nn.Module) -> None:
+            if args.score_every and epoch % args.score_every == 0 and epoch < config.train.epochs:
+                half = replace(config, evaluation=replace(config.evaluation, alphas=(REPORT_ALPHA,)))
+                scores = summary(score_method(dnn_provider(model, half), valid_songs, half, [config.evaluation.mask])[config.evaluation.mask])["0.5"]
+                curve.append({"epoch": epoch, **scores})
+                print(f"  epoch {epoch}: vocal GNSDR {scores['vocals_gnsdr']:.2f} dB, accompaniment "
+                      f"{scores['accompaniment_gnsdr']:.2f} dB at alpha {REPORT_ALPHA} ({config.evaluation.mask})", flush=True)
+
+        model, seconds = train_dnn(config, rows, log=lambda line: print(line, flush=True), after_epoch=score_epoch)
         start = time.perf_counter()
         record("dnn", f"DNN {name}", score_method(dnn_provider(model, config), valid_songs, config, modes), seconds,
                windows=len(rows["mixture"]))

@@ -30,10 +30,21 @@ from typing import Any
 
 import numpy as np
 
-from karaoke.config import ExperimentConfig, config_digest, config_from_dict, config_to_dict, save_config
+from karaoke.config import (
+    ExperimentConfig,
+    config_digest,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+)
 from karaoke.corpora.base import Song
 from karaoke.errors import KaraokeError
-from karaoke.features import remix_partners, song_features, song_training_rows, training_rows
+from karaoke.features import (
+    remix_partners,
+    song_features,
+    song_training_rows,
+    training_rows,
+)
 from karaoke.mixing import MixedSong
 from karaoke.storage import open_fs, write_atomic
 
@@ -300,6 +311,19 @@ def load_manifest(dataset: str) -> dict[str, Any]:
 def manifest_config(manifest: dict[str, Any]) -> ExperimentConfig:
     """The resolved config a dataset was prepared with."""
     return config_from_dict(manifest["config"], source=MANIFEST)
+
+
+def check_dataset_fits(config: ExperimentConfig, dataset: str) -> None:
+    """Raise `DatasetError` unless the dataset's windows were cut with this config's STFT, windows and
+    sample rate (a model trained on them would see other shapes or other spectra)."""
+    prepared = manifest_config(load_manifest(dataset))
+    same = config_digest(prepared, "stft", "windows") == config_digest(config, "stft", "windows")
+    if not same or prepared.corpus.sample_rate != config.corpus.sample_rate:
+        raise DatasetError(
+            f"{dataset}: prepared with stft {prepared.stft}, windows {prepared.windows} at "
+            f"{prepared.corpus.sample_rate} Hz, but the config has stft {config.stft}, windows {config.windows} at "
+            f"{config.corpus.sample_rate} Hz; prepare the dataset again with this config"
+        )
 
 
 def split_files(dataset: str, split: str, kind: str = "window") -> list[str]:

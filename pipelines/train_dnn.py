@@ -18,7 +18,10 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ray.data
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
 
     from karaoke.config import config_from_dict
-    from karaoke.models.dnn import build_model, evaluate, make_loss, make_optimizer, restore_training, save_dnn, train_epoch
+    from karaoke.models.dnn import (
+        build_model,
+        evaluate,
+        make_loss,
+        make_optimizer,
+        restore_training,
+        save_dnn,
+        train_epoch,
+    )
 
     config = config_from_dict(loop_config["config"])
     context = ray.train.get_context()
@@ -144,21 +155,6 @@ def shuffled_train_windows(dataset: str, seed: int) -> "ray.data.Dataset":
     return read_windows_dataset(dataset, "train").select_columns(["mixture", "ibm"]).random_shuffle(seed=seed).materialize()
 
 
-def _check_dataset(config, dataset: str):
-    """The dataset's windows must have been cut with this config's STFT, windows and sample rate."""
-    from karaoke.config import config_digest
-    from karaoke.dataset import DatasetError, load_manifest, manifest_config
-
-    prepared = manifest_config(load_manifest(dataset))
-    same = config_digest(prepared, "stft", "windows") == config_digest(config, "stft", "windows")
-    if not same or prepared.corpus.sample_rate != config.corpus.sample_rate:
-        raise DatasetError(
-            f"{dataset}: prepared with stft {prepared.stft}, windows {prepared.windows} at "
-            f"{prepared.corpus.sample_rate} Hz, but the config has stft {config.stft}, windows {config.windows} at "
-            f"{config.corpus.sample_rate} Hz; prepare the dataset again with this config"
-        )
-
-
 def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> TrainResult:
     """Train on `dataset` into `run_dir`; returns the last checkpoint's path and metrics.
 
@@ -171,12 +167,12 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
     from ray.train.torch import TorchTrainer
 
     from karaoke.config import config_to_dict, save_config
-    from karaoke.dataset import DatasetError
+    from karaoke.dataset import DatasetError, check_dataset_fits
     from karaoke.errors import CheckpointError
     from karaoke.models.dnn import TrainingError
     from pipelines.prepare import read_windows_dataset, train_storage
 
-    _check_dataset(config, dataset)
+    check_dataset_fits(config, dataset)
     if "://" not in run_dir:
         run_dir = os.path.abspath(run_dir)
     last = latest_checkpoint(run_dir)

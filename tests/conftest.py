@@ -66,7 +66,9 @@ def ray_session():
     """One local Ray cluster for the session. Never `ray stop --force`: it kills every Ray on the machine."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The dashboard serves the state API, through which Ray Train frees the workers of a Tune trial
+    # that ASHA stopped (see pipelines/tune.py).
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
     yield ray
     ray.shutdown()
 

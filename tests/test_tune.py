@@ -138,6 +138,70 @@ def test_nmf_trial_scores_and_keeps_its_bases(dataset, synth_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_asha_stops_a_trailing_trial_before_it_is_scored(ray_session, dataset, synth_root, tmp_path):
+    from pipelines.tune import tune_experiment
+
+    # Grid order, one trial at a time: the working learning rate sets the bar at the epoch-1 rung,
+    # where the near-zero one, its validation loss still the untrained network's, trails and stops.
+    config = tune_config(synth_root, search_space={"train.learning_rate": [1e-2, 1e-9]}, grace_period=1)
+    groups_before = set(ray_session.util.placement_group_table())
+    outcome = tune_experiment(config, dataset, str(tmp_path / "tune"))
+    criterion = json.loads((tmp_path / "tune" / "best" / "criterion.json").read_text())
+    status = {t["params"]["train.learning_rate"]: t["status"] for t in criterion["trials"]}
+    assert status == {1e-2: "scored", 1e-9: "stopped"}
+    assert outcome.best_config.train.learning_rate == 1e-2
+    assert {r["train.learning_rate"] for r in pq.read_table(outcome.results).to_pylist()} == {1e-2}
+    # the stopped trial reported its first epoch only
+    progress = {p.parent.name: p.read_text().strip().count("\n") for p in (tmp_path / "tune" / "ray").glob("*/progress.csv")}
+    assert sorted(progress.values()) == [1, 3]
+    # The stopped trial's Train worker group gave its CPUs back (Ray Train's cleaner, which watches the
+    # killed controller through the state API): a reserved group would starve later trials on 2 CPUs.
+    assert _groups_released(ray_session, groups_before, deadline_s=60)
+
+
+def _groups_released(ray, groups_before: set, deadline_s: float) -> bool:
+    """Whether every placement group created since `groups_before` is removed within the deadline
+    (polled: the cleaner looks once a second)."""
+    import time
+
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        table = ray.util.placement_group_table()
+        if all(table[group]["state"] == "REMOVED" for group in set(table) - groups_before):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+def test_asha_refuses_a_ray_without_its_state_api(dataset, synth_root, tmp_path):
+    """Without a dashboard, a stopped trial's worker group would stay reserved: refused up front, naming the fix."""
+    import subprocess
+    import sys
+
+    config_path = tmp_path / "tune.yaml"
+    save_config(tune_config(synth_root, search_space={"train.learning_rate": [1e-2, 1e-9]}, grace_period=1), config_path)
+    script = (
+        "import sys, ray\n"
+        "from karaoke.config import load_config\n"
+        "from karaoke.errors import KaraokeError\n"
+        "from pipelines.tune import tune_experiment\n"
+        "ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "try:\n"
+        "    tune_experiment(load_config(sys.argv[1]), sys.argv[2], sys.argv[3])\n"
+        "except KaraokeError as exc:\n"
+        "    print('REFUSED', exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(config_path), dataset, str(tmp_path / "tune")],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert "REFUSED" in done.stdout, done.stdout + done.stderr
+    assert "dashboard" in done.stdout and "tune.scheduler: none" in done.stdout
+    assert not (tmp_path / "tune" / "ray").exists()  # refused before any trial started
+
+
+@pytest.mark.slow
 def test_tune_into_s3(dataset, synth_root, s3_endpoint, tmp_path):
     import fsspec
 
@@ -159,21 +223,3 @@ def test_tune_into_s3(dataset, synth_root, s3_endpoint, tmp_path):
     assert card["epoch"] == 2
 
 
-# Last in the session on purpose: a trial that ASHA stops leaves its Train worker group's placement
-# group reserved until the driver exits (see pipelines/tune.py), which on 2 CPUs starves later trials.
-@pytest.mark.slow
-def test_asha_stops_a_trailing_trial_before_it_is_scored(dataset, synth_root, tmp_path):
-    from pipelines.tune import tune_experiment
-
-    # Grid order, one trial at a time: the working learning rate sets the bar at the epoch-1 rung,
-    # where the near-zero one, its validation loss still the untrained network's, trails and stops.
-    config = tune_config(synth_root, search_space={"train.learning_rate": [1e-2, 1e-9]}, grace_period=1)
-    outcome = tune_experiment(config, dataset, str(tmp_path / "tune"))
-    criterion = json.loads((tmp_path / "tune" / "best" / "criterion.json").read_text())
-    status = {t["params"]["train.learning_rate"]: t["status"] for t in criterion["trials"]}
-    assert status == {1e-2: "scored", 1e-9: "stopped"}
-    assert outcome.best_config.train.learning_rate == 1e-2
-    assert {r["train.learning_rate"] for r in pq.read_table(outcome.results).to_pylist()} == {1e-2}
-    # the stopped trial reported its first epoch only
-    progress = {p.parent.name: p.read_text().strip().count("\n") for p in (tmp_path / "tune" / "ray").glob("*/progress.csv")}
-    assert sorted(progress.values()) == [1, 3]
