@@ -10,6 +10,7 @@ copies up, the file that marks completion last. Credentials and endpoints come f
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 import tempfile
 import uuid
@@ -79,9 +80,22 @@ def read_json(location: str | Path) -> Any:
         return json.loads(handle.read())
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (an undefined score, e.g. over a silent reference) as None,
+    through dicts, lists and tuples: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(location: str | Path, document: Any) -> None:
+    """Write `document` atomically (see `json_safe`: NaN becomes null)."""
     fs, path = open_fs(location)
-    payload = json.dumps(document, indent=1, allow_nan=False).encode()
+    payload = json.dumps(json_safe(document), indent=1, allow_nan=False).encode()
     write_atomic(fs, path, lambda handle: handle.write(payload))
 
 

@@ -134,6 +134,7 @@ def _score(config, scores_dir: Path, providers: list[tuple[str, str | None]], so
     from karaoke.config import save_config
     from karaoke.metrics import global_scores, summarise
     from karaoke.report import write_atomic, write_scores
+    from karaoke.storage import json_safe
 
     scores_dir.mkdir(parents=True, exist_ok=True)
 
@@ -156,8 +157,7 @@ def _score(config, scores_dir: Path, providers: list[tuple[str, str | None]], so
         entry.update(global_scores(members))
     save_config(config, scores_dir / "config.yaml")
     # Undefined statistics (NaN: e.g. one song, no interval) become null: strict JSON.
-    clean = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in s.items()} for s in summary]
-    write_atomic(scores_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(clean, indent=1, allow_nan=False)))
+    write_atomic(scores_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False)))
     write_atomic(scores_dir / "excerpt.npz", lambda tmp: _savez(tmp, results[0]["excerpt"]))
     # The table is written last: its presence means the evaluation finished.
     return write_scores(rows, scores_dir / "scores.parquet")

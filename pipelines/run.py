@@ -160,20 +160,11 @@ def report(run: Run, chosen: dict[str, float], chosen_on: str) -> dict:
                        for s in ("vocals", "accompaniment")}
             entry[label] = {"alpha": a, **{k: summary[k] for k in _HEADLINE}, **mixture, **global_scores(members)}
         results["methods"][method] = entry
-    write_json(run.path("results.json"), _finite(results))
+    write_json(run.path("results.json"), results)
     return {"results": run.path("results.json")}
 
 
 _HEADLINE = ("n_songs", "vocals_sdr", "vocals_sir", "vocals_sar", "accompaniment_sdr")
-
-
-def _finite(value):
-    """JSON-safe: NaN (an undefined score, e.g. one song's interval) becomes null."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, float) and value != value:
-        return None
-    return value
 
 
 def print_results(results: dict) -> None:

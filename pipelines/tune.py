@@ -148,10 +148,6 @@ def _trials(grid) -> list[dict[str, Any]]:
     return trials
 
 
-def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def _result_rows(trials: list[dict], alphas: list[float], best_id: str) -> list[dict[str, Any]]:
     """One row per scored trial and alpha; list-valued choices (layer widths) as JSON text."""
     rows = []
@@ -217,7 +213,7 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
     from karaoke.config import TuneConfig, config_to_dict
     from karaoke.dataset import check_dataset_fits, read_songs
     from karaoke.errors import KaraokeError
-    from karaoke.storage import exists, is_url, join
+    from karaoke.storage import exists, is_url, join, json_safe
     from pipelines.prepare import forwarded_env, train_storage
 
     tune_cfg = config.tune
@@ -278,7 +274,7 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
         "source_checkpoint": best["metrics"]["checkpoint_path"],
         "trials": [
             {"trial_id": t["trial_id"], "status": t["status"], "params": t["params"],
-             "criterion": _finite(t["metrics"].get("criterion")), "error": t["error"]}
+             "criterion": json_safe(t["metrics"].get("criterion")), "error": t["error"]}
             for t in trials
         ],
     }
