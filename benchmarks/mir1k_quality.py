@@ -24,6 +24,12 @@ The README's "MIR-1K results" table came from (A9 = "evaluation.alphas=[0.1,0.2,
     $B --config configs/mir1k-paper.yaml --no-dnn --ibm --valid-every 2 --set "evaluation.alphas=[0.5]" --json ibm.json
     SMALL="--config configs/mir1k-paper.yaml --valid-every 6 --set dnn.hidden_sizes=[512] --set windows.train_hop=10 --set train.epochs=6"
     $B $SMALL --set train.loss=bce --set train.optimizer=adam --set train.learning_rate=0.001 [--set dnn.log_input_gain=100]
+    # session 3's learning curves (configs/mir1k.yaml now has remixes 3 and 40 epochs)
+    CURVE="--config configs/mir1k.yaml --valid-every 6 --score-every 4 --set evaluation.alphas=[0.5]"
+    $B $CURVE --threads 2 --set windows.remixes=1 --json remix1.json
+    $B $CURVE --json remix3.json
+    $B $CURVE --set windows.remixes=6 --set train.epochs=24 --json remix6.json
+    $B $CURVE --set windows.remixes=1 --set dnn.hidden_sizes=[2048] --json wide.json
 """
 
 from __future__ import annotations
