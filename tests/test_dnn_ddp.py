@@ -3,8 +3,6 @@ that see different halves of a batch end with the weights of one process that sa
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
@@ -38,17 +36,21 @@ def _train(model, batches, loss: str) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in _unwrap(model).state_dict().items()}
 
 
-def _rank(rank: int, port: int, loss: str, out: str) -> None:
+def _rank(rank: int, loss: str, out: str) -> None:
     import torch.distributed as dist
 
     from karaoke.models.dnn import build_model
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # a file rendezvous: no free port to find, so no other process can take it first
+    dist.init_process_group("gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=2)
     try:
         torch.manual_seed(0)
         model = torch.nn.parallel.DistributedDataParallel(build_model(config_from_dict(CONFIG)))
         half = [{k: v[rank * 4 : rank * 4 + 4] for k, v in batch.items()} for batch in _batches(loss)]
         np.savez(f"{out}/rank{rank}.npz", **_train(model, half, loss))
+        # Neither rank tears its connections down while the other may still use them: once, under
+        # load, a rank whose peer had already closed died with SIGABRT inside gloo.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -57,10 +59,7 @@ def _rank(rank: int, port: int, loss: str, out: str) -> None:
 def test_two_ddp_ranks_train_the_model_of_the_whole_batch(loss, tmp_path, torch_one_thread):
     from karaoke.models.dnn import build_model
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(_rank, args=(port, loss, str(tmp_path)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_rank, args=(loss, str(tmp_path)), nprocs=2, join=True)
     ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(2)]
 
     torch.manual_seed(0)
