@@ -46,7 +46,7 @@ from karaoke.features import (
     training_rows,
 )
 from karaoke.mixing import MixedSong
-from karaoke.storage import open_fs, write_atomic
+from karaoke.storage import join, open_fs, write_atomic
 
 FORMAT = "karaoke-dataset/1"
 MANIFEST = "manifest.json"
@@ -286,7 +286,7 @@ def write_manifest(dataset: str, config: ExperimentConfig, statuses: list[dict[s
         "songs": [{k: v for k, v in s.items() if k != "config_digest"} for s in statuses],
     }
     _check_shards_exist(dataset, fs, root, [f for s in ok for f in s["files"]])
-    save_config(config, posixpath.join(str(dataset).rstrip("/"), "config.yaml"))
+    save_config(config, join(dataset, "config.yaml"))
     payload = json.dumps(manifest, indent=1).encode()
     write_atomic(fs, posixpath.join(root, MANIFEST), lambda handle: handle.write(payload))
     return manifest

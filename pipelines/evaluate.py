@@ -15,7 +15,6 @@ GSAR), excerpt.npz (the first song's first 10 s separated by the first provider 
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -134,7 +133,7 @@ def _score(config, scores_dir: Path, providers: list[tuple[str, str | None]], so
     from karaoke.config import save_config
     from karaoke.metrics import global_scores, summarise
     from karaoke.report import write_atomic, write_scores
-    from karaoke.storage import json_safe
+    from karaoke.storage import write_json
 
     scores_dir.mkdir(parents=True, exist_ok=True)
 
@@ -157,7 +156,7 @@ def _score(config, scores_dir: Path, providers: list[tuple[str, str | None]], so
         entry.update(global_scores(members))
     save_config(config, scores_dir / "config.yaml")
     # Undefined statistics (NaN: e.g. one song, no interval) become null: strict JSON.
-    write_atomic(scores_dir / "summary.json", lambda tmp: tmp.write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False)))
+    write_json(scores_dir / "summary.json", summary)
     write_atomic(scores_dir / "excerpt.npz", lambda tmp: _savez(tmp, results[0]["excerpt"]))
     # The table is written last: its presence means the evaluation finished.
     return write_scores(rows, scores_dir / "scores.parquet")

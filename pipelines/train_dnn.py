@@ -170,6 +170,7 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
     from karaoke.dataset import DatasetError, check_dataset_fits
     from karaoke.errors import CheckpointError
     from karaoke.models.dnn import TrainingError
+    from karaoke.storage import join
     from pipelines.prepare import read_windows_dataset, train_storage
 
     check_dataset_fits(config, dataset)
@@ -183,7 +184,7 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
     if not ray.is_initialized():
         ray.init()
     ray.data.DataContext.get_current().enable_progress_bars = False
-    save_config(config, f"{run_dir}/config.yaml")
+    save_config(config, join(run_dir, "config.yaml"))
 
     datasets = {"train": shuffled_train_windows(dataset, config.train.seed)}
     try:

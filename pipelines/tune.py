@@ -167,7 +167,7 @@ def _write_outputs(
     """results.parquet/.csv, then best/ (config, verified `model` checkpoint copy, criterion.json last)."""
     from karaoke.config import save_config
     from karaoke.report import write_scores
-    from karaoke.storage import is_url, local_copy, upload_folder
+    from karaoke.storage import is_url, json_safe, local_copy, upload_folder
 
     url = is_url(out_dir)
     if not url:
@@ -187,7 +187,7 @@ def _write_outputs(
 
             load_bases(best / "checkpoint", config)
         save_config(config, best / "config.yaml")
-        (best / MARKER).write_text(json.dumps(document, indent=1, allow_nan=False))
+        (best / MARKER).write_text(json.dumps(json_safe(document), indent=1, allow_nan=False))
         if url:
             for name in ("results.csv", "results.parquet"):
                 write_scores(rows, local / name)
@@ -213,7 +213,7 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
     from karaoke.config import TuneConfig, config_to_dict
     from karaoke.dataset import check_dataset_fits, read_songs
     from karaoke.errors import KaraokeError
-    from karaoke.storage import exists, is_url, join, json_safe
+    from karaoke.storage import exists, is_url, join
     from pipelines.prepare import forwarded_env, train_storage
 
     tune_cfg = config.tune
@@ -274,7 +274,7 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
         "source_checkpoint": best["metrics"]["checkpoint_path"],
         "trials": [
             {"trial_id": t["trial_id"], "status": t["status"], "params": t["params"],
-             "criterion": json_safe(t["metrics"].get("criterion")), "error": t["error"]}
+             "criterion": t["metrics"].get("criterion"), "error": t["error"]}
             for t in trials
         ],
     }
