@@ -81,7 +81,7 @@ def training_arrays(songs: list[MixedSong], config: ExperimentConfig) -> dict[st
 def train_dnn(config: ExperimentConfig, rows: dict[str, np.ndarray], log=print, after_epoch=None) -> tuple[torch.nn.Module, float]:
     """Train the config's network on `rows` for train.epochs epochs; returns (model, seconds of training).
     `after_epoch(epoch, model)` (1-based epoch; the model in eval mode) runs after each epoch, untimed."""
-    from karaoke.models.dnn import build_model, make_loss, make_optimizer, train_epoch
+    from karaoke.models.dnn import build_model, make_loss, make_optimizer, schedule_learning_rate, train_epoch
 
     torch.manual_seed(config.train.seed)
     rng = np.random.default_rng(config.train.seed)
@@ -90,6 +90,7 @@ def train_dnn(config: ExperimentConfig, rows: dict[str, np.ndarray], log=print, 
     size, n = config.train.batch_size, len(rows["mixture"])
     start = time.perf_counter()
     for epoch in range(config.train.epochs):
+        schedule_learning_rate(optimizer, config.train, epoch + 1)
         order = rng.permutation(n)
         batches = (
             {key: torch.from_numpy(value[np.sort(order[i : i + size])]) for key, value in rows.items()}
@@ -261,6 +262,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also score the DNN (config's mask, alpha 0.5) after every E-th epoch: the learning curve")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="write the scores here")
+    parser.add_argument("--save", default=None, metavar="DIR", help="save the trained DNN here (a karaoke checkpoint)")
     parser.add_argument("--report", nargs="+", default=None, metavar="JSON",
                         help="only print the table (and figures into --figures) of earlier --json files")
     parser.add_argument("--figures", default=None, help="folder for Figures 2 and 3 with --report")
@@ -300,6 +302,10 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{scores['accompaniment_gnsdr']:.2f} dB at alpha {REPORT_ALPHA} ({config.evaluation.mask})", flush=True)
 
         model, seconds = train_dnn(config, rows, log=lambda line: print(line, flush=True), after_epoch=score_epoch)
+        if args.save:
+            from karaoke.models.dnn import save_dnn
+
+            save_dnn(args.save, model, config, config.train.epochs, {"train_seconds": seconds})
         start = time.perf_counter()
         record("dnn", f"DNN {name}", score_method(dnn_provider(model, config), valid_songs, config, modes), seconds,
                windows=len(rows["mixture"]))

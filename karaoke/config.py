@@ -106,8 +106,14 @@ class TrainConfig:
     """The authors' recipe: squared error, SGD lr 0.1, momentum 0.5, batch 100, 100 epochs."""
 
     loss: Literal["mse", "bce"] = "mse"
+    # Beyond the paper (0 = off): each bin's loss weighted by its mixture magnitude to this power
+    # (weights normalised to mean 1 in a batch). SDR counts a mask error in proportion to the bin's
+    # energy, while an unweighted loss spends the network on the many near-silent bins.
+    bin_weight_power: Annotated[float, Field(ge=0, le=2)] = 0.0
     optimizer: Literal["sgd", "adam"] = "sgd"
     learning_rate: PositiveFloat = 0.1
+    # Beyond the paper ("constant"): "cosine" decays the rate from learning_rate towards 0 over the epochs.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.5
     batch_size: PositiveInt = 100
     epochs: PositiveInt = 100

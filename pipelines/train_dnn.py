@@ -67,6 +67,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         make_optimizer,
         restore_training,
         save_dnn,
+        schedule_learning_rate,
         train_epoch,
     )
 
@@ -98,6 +99,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     batch_size = max(1, config.train.batch_size // world)
     for epoch in range(first_epoch, config.train.epochs + 1):
         start = time.perf_counter()
+        learning_rate = schedule_learning_rate(optimizer, config.train, epoch)
         batches = train_shard.iter_torch_batches(
             batch_size=batch_size, local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=config.train.seed + epoch
         )
@@ -108,6 +110,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "epoch": epoch,
             "train_loss": loss,
             "train_accuracy": accuracy,
+            "learning_rate": learning_rate,
             "windows_per_second": windows / seconds,
             "epoch_seconds": seconds,
         }

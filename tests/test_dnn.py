@@ -22,6 +22,7 @@ from karaoke.models.dnn import (
     make_optimizer,
     restore_training,
     save_dnn,
+    schedule_learning_rate,
     train_epoch,
 )
 from conftest import small_config_dict
@@ -103,6 +104,62 @@ def test_paper_recipe_is_sgd_with_momentum(small_config):
     optimizer = make_optimizer(build_model(small_config), config_from_dict({}).train)
     assert isinstance(optimizer, torch.optim.SGD)
     assert optimizer.defaults["lr"] == 0.1 and optimizer.defaults["momentum"] == 0.5
+
+
+def _train_config(**train):
+    return config_from_dict({"train": train}).train
+
+
+class _FixedLogits(torch.nn.Module):
+    """Stands in for the network: returns the same logits whatever the mixture."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.value = torch.nn.Parameter(logits.clone())
+
+    def forward(self, mixture: torch.Tensor, return_logits: bool = False) -> torch.Tensor:
+        return self.value if return_logits else torch.sigmoid(self.value)
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_bin_weights_follow_the_mixture_magnitude(loss):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 3, generator=generator)
+    ibm = (torch.rand(2, 5, 3, generator=generator) > 0.5).float()
+    mixture = torch.rand(2, 5, 3, generator=generator)
+    plain = make_loss(_train_config(loss=loss))(_FixedLogits(logits), mixture, ibm)[0]
+    per_bin = (
+        (torch.sigmoid(logits) - ibm) ** 2
+        if loss == "mse"
+        else torch.nn.functional.binary_cross_entropy_with_logits(logits, ibm, reduction="none")
+    )
+    assert plain.item() == pytest.approx(per_bin.mean().item(), rel=1e-6)
+
+    weighted = make_loss(_train_config(loss=loss, bin_weight_power=2.0))(_FixedLogits(logits), mixture, ibm)[0]
+    assert weighted.item() == pytest.approx(((per_bin * mixture**2).sum() / (mixture**2).sum()).item(), rel=1e-6)
+
+    # A silent bin carries no weight: its error neither counts nor trains the network.
+    mixture[0, 0, 0] = 0.0
+    model = _FixedLogits(logits)
+    make_loss(_train_config(loss=loss, bin_weight_power=1.0))(model, mixture, ibm)[0].backward()
+    assert model.value.grad[0, 0, 0].item() == 0.0
+    assert model.value.grad[0, 1, 0].item() != 0.0
+
+
+def test_cosine_schedule_decays_from_the_learning_rate_and_depends_on_the_epoch_alone(small_config):
+    model = build_model(small_config)
+    constant = make_optimizer(model, _train_config(optimizer="adam", learning_rate=1e-3, epochs=4))
+    assert [schedule_learning_rate(constant, _train_config(learning_rate=1e-3, epochs=4), e) for e in (1, 4)] == [1e-3, 1e-3]
+
+    cosine = _train_config(optimizer="adam", learning_rate=1e-3, epochs=4, lr_schedule="cosine")
+    optimizer = make_optimizer(model, cosine)
+    rates = [schedule_learning_rate(optimizer, cosine, epoch) for epoch in range(1, 5)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates == sorted(rates, reverse=True) and rates[-1] > 0
+    assert rates[2] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 2 / 4)))
+    assert optimizer.param_groups[0]["lr"] == rates[-1]
+    # resuming at epoch 3 in a fresh optimizer gives the same rate as the uninterrupted run
+    assert schedule_learning_rate(make_optimizer(model, cosine), cosine, 3) == rates[2]
 
 
 def test_nan_loss_stops_training_before_the_weights_change(small_config):

@@ -96,17 +96,40 @@ def build_model(config: ExperimentConfig) -> MaskDNN:
 
 def make_loss(train_cfg: TrainConfig) -> Callable[[MaskDNN, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """loss(model, mixture, ibm) -> (mean loss over bins, probabilities); "mse" is the authors' squared
-    error on the sigmoid output, "bce" the binary cross-entropy (computed from logits)."""
+    error on the sigmoid output, "bce" the binary cross-entropy (computed from logits).
+
+    With `train.bin_weight_power` q > 0 the mean is weighted: w = |X|^q / mean(|X|^q) over the batch,
+    |X| the unit-scale mixture magnitude of each bin (q = 2 weighs errors as SDR does, by energy)."""
+    power = train_cfg.bin_weight_power
+
+    def weighted_mean(per_bin: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+        if power == 0:
+            return per_bin.mean()
+        weight = mixture.float().clamp_min(0).pow(power)
+        return (per_bin * weight).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
 
     def mse(model: MaskDNN, mixture: torch.Tensor, ibm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         prob = torch.sigmoid(model(mixture, return_logits=True).float())
-        return nn.functional.mse_loss(prob, ibm), prob
+        return weighted_mean((prob - ibm) ** 2, mixture), prob
 
     def bce(model: MaskDNN, mixture: torch.Tensor, ibm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(mixture, return_logits=True).float()
-        return nn.functional.binary_cross_entropy_with_logits(logits, ibm), torch.sigmoid(logits)
+        per_bin = nn.functional.binary_cross_entropy_with_logits(logits, ibm, reduction="none")
+        return weighted_mean(per_bin, mixture), torch.sigmoid(logits)
 
     return {"mse": mse, "bce": bce}[train_cfg.loss]
+
+
+def schedule_learning_rate(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, epoch: int) -> float:
+    """Set (and return) the rate of 1-based `epoch`: `learning_rate` throughout ("constant"), or
+    lr_e = lr (1 + cos(pi (e - 1) / E)) / 2 over E = `train.epochs` ("cosine"). A function of the epoch
+    alone, so a run resumed from a checkpoint continues on the same schedule."""
+    rate = train_cfg.learning_rate
+    if train_cfg.lr_schedule == "cosine":
+        rate *= 0.5 * (1 + math.cos(math.pi * (epoch - 1) / train_cfg.epochs))
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+    return rate
 
 
 def _unwrap(model: nn.Module) -> MaskDNN:
