@@ -1,5 +1,5 @@
 """The options beyond the paper measured on MIR-1K (README "MIR-1K results"): soft masks, log-compressed
-input, remix augmentation. Each defaults to the paper's behaviour."""
+input, remix augmentation, the magnitude-weighted loss and the cosine rate (tests in test_dnn.py). Each defaults to the paper's behaviour."""
 
 import numpy as np
 import pytest
@@ -34,6 +34,8 @@ def test_defaults_are_the_papers():
     assert config.evaluation.mask == "binary"
     assert config.dnn.log_input_gain == 0.0
     assert config.windows.remixes == 0
+    assert config.train.bin_weight_power == 0.0
+    assert config.train.lr_schedule == "constant"
 
 
 def test_soft_masks_are_p_and_its_complement_whatever_alpha():
