@@ -132,6 +132,10 @@ class NmfConfig:
     """KL-divergence NMF baseline: `n_components` bases per class (1500 in the paper)."""
 
     n_components: PositiveInt = 1500
+    # 0: every training window of the dataset (the DNN's). k: only windows starting at a multiple of
+    # k frames, e.g. the paper's 60 when the DNN's windows are denser (`windows.train_hop`) or
+    # remixed: the fit's time and memory grow with its number of windows.
+    train_hop: Annotated[int, Field(ge=0)] = 0
     train_iterations: PositiveInt = 200
     test_iterations: PositiveInt = 100
     num_workers: PositiveInt = 1
@@ -224,6 +228,13 @@ class ExperimentConfig:
     nmf: NmfConfig = Field(default_factory=NmfConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+
+    def __post_init__(self) -> None:
+        if self.nmf.train_hop % self.windows.train_hop:
+            raise ValueError(
+                f"nmf.train_hop ({self.nmf.train_hop}) must be 0 or a multiple of windows.train_hop "
+                f"({self.windows.train_hop}): the dataset only has windows every {self.windows.train_hop} frames"
+            )
 
     @property
     def n_inputs(self) -> int:

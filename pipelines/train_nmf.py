@@ -31,9 +31,10 @@ RUN_NAME = "nmf"
 COLUMNS = ["song_id", "start_frame", "vocals", "accompaniment"]
 
 
-def _load_shard(rows, n_inputs: int, rank: int, world_size: int, device) -> tuple[Any, Any]:
-    """This worker's windows (those whose key is rank modulo world_size) as V (2, D, N) float32 on
-    `device`, and their column keys (N,).
+def _load_shard(rows, n_inputs: int, rank: int, world_size: int, device, train_hop: int = 0) -> tuple[Any, Any]:
+    """This worker's windows (those whose key is rank modulo world_size, and with `train_hop` > 0 only
+    those starting at a multiple of it: `nmf.train_hop`) as V (2, D, N) float32 on `device`, and their
+    column keys (N,).
 
     Every worker reads all rows and keeps its own: Ray Train's `streaming_split` makes equal shards by
     dropping rows, and then the fit would not be the fit of all windows.
@@ -47,6 +48,8 @@ def _load_shard(rows, n_inputs: int, rank: int, world_size: int, device) -> tupl
     for batch in rows.iter_batches(batch_size=256, batch_format="numpy"):
         batch_keys = window_keys([str(s) for s in batch["song_id"]], batch["start_frame"])
         mine = batch_keys % np.uint64(world_size) == rank
+        if train_hop:
+            mine &= batch["start_frame"] % train_hop == 0
         n = int(mine.sum())
         vocals.append(batch["vocals"][mine].reshape(n, n_inputs))
         accompaniment.append(batch["accompaniment"][mine].reshape(n, n_inputs))
@@ -72,7 +75,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    V, keys = _load_shard(ray.train.get_dataset_shard("train"), config.n_inputs, rank, world_size, device)
+    V, keys = _load_shard(ray.train.get_dataset_shard("train"), config.n_inputs, rank, world_size, device, config.nmf.train_hop)
 
     W, start, history = None, 0, []
     checkpoint = ray.train.get_checkpoint()

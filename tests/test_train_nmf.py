@@ -112,3 +112,29 @@ def test_resume_without_a_run_is_refused(dataset, synth_root, tmp_path):
 
     with pytest.raises(KaraokeError, match="no NMF run to resume"):
         train_nmf(nmf_config(synth_root), dataset, str(tmp_path / "empty"), resume=True)
+
+
+def test_train_hop_keeps_only_the_windows_at_its_multiples(dataset):
+    from karaoke.dataset import read_windows
+    from pipelines.train_nmf import COLUMNS, _load_shard
+
+    rows = read_windows(dataset, "train", COLUMNS)
+
+    class Shard:  # what a Ray Train worker iterates: numpy batches of the stored rows
+        def iter_batches(self, batch_size, batch_format):
+            for start in range(0, len(rows["start_frame"]), batch_size):
+                yield {name: values[start : start + batch_size] for name, values in rows.items()}
+
+    n_inputs = rows["vocals"][0].size
+    V_all, keys_all = _load_shard(Shard(), n_inputs, 0, 1, "cpu")
+    V, keys = _load_shard(Shard(), n_inputs, 0, 1, "cpu", train_hop=30)
+    kept = rows["start_frame"] % 30 == 0
+    assert 0 < kept.sum() < len(kept) and V.shape[-1] == kept.sum() and V_all.shape[-1] == len(kept)
+    np.testing.assert_array_equal(keys, window_keys(rows["song_id"], rows["start_frame"])[kept])
+    np.testing.assert_array_equal(V.numpy(), V_all.numpy()[..., kept])
+
+
+def test_train_hop_must_be_a_multiple_of_the_window_hop(synth_root):
+    with pytest.raises(KaraokeError, match="nmf.train_hop .* multiple of windows.train_hop"):
+        nmf_config(synth_root, train_hop=20)
+    assert nmf_config(synth_root, train_hop=30).nmf.train_hop == 30
