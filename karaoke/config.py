@@ -82,6 +82,9 @@ class WindowConfig:
     # by `remix_seed` and the song id, so a rerun cuts the same windows).
     remixes: Annotated[int, Field(ge=0)] = 0
     remix_gain_db: Annotated[float, Field(ge=0)] = 6.0
+    # > 0: each remixed voice is also pitch-shifted by a random amount within +-this many semitones
+    # (resampled: formants move with it), for singers beyond the few of a training set.
+    remix_pitch_semitones: Annotated[float, Field(ge=0, le=12)] = 0.0
     remix_seed: int = 0
 
 
@@ -99,6 +102,9 @@ class DnnConfig:
     # Beyond the paper: 0 feeds the unit-scale magnitudes x as they are (the paper); g > 0 feeds
     # log1p(g x) / log1p(g), still in [0, 1] but with quiet bins no longer crushed towards 0.
     log_input_gain: Annotated[float, Field(ge=0)] = 0.0
+    # Beyond the paper (0 = off): dropout on the hidden units while training, against overfitting the
+    # few singers of a small training set.
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
 @dataclass(frozen=True, config=_STRICT)

@@ -74,15 +74,28 @@ def remix(song: MixedSong, partner: MixedSong, index: int, config: ExperimentCon
     """Remix `index` of a song: its voice at a random gain (uniform in +-`windows.remix_gain_db` dB)
     over the partner's accompaniment, looped if shorter and cut at a random offset to the song's length."""
     rng = _song_rng(song.song_id, config, stream=1 + index)
-    n = len(song.vocals)
+    vocals = song.vocals
+    if config.windows.remix_pitch_semitones > 0:
+        vocals = _pitch_shifted(vocals, song.sample_rate, index, song.song_id, config)
+    n = len(vocals)
     repeats = -(-n // max(len(partner.accompaniment), 1)) + 1
     looped = np.tile(partner.accompaniment, repeats)
     offset = int(rng.integers(0, len(looped) - n + 1))
     gain = np.float32(10 ** (rng.uniform(-1, 1) * config.windows.remix_gain_db / 20))
-    vocals, accompaniment = song.vocals * gain, looped[offset : offset + n]
+    vocals, accompaniment = vocals * gain, looped[offset : offset + n]
     return MixedSong(
         f"{song.song_id}+{partner.song_id}", song.split, song.sample_rate, vocals + accompaniment, vocals, accompaniment
     )
+
+
+def _pitch_shifted(vocals: np.ndarray, sample_rate: int, index: int, song_id: str, config: ExperimentConfig) -> np.ndarray:
+    """The voice resampled by 2^(s/12), s uniform in +-`windows.remix_pitch_semitones` (its own random
+    stream): played at the same rate it is s semitones higher (formants too) and 2^(-s/12) as long."""
+    import soxr
+
+    semitones = _song_rng(song_id, config, stream=-1 - index).uniform(-1, 1) * config.windows.remix_pitch_semitones
+    shifted = soxr.resample(vocals.astype(np.float32), sample_rate * 2 ** (semitones / 12), sample_rate, quality="HQ")
+    return np.ascontiguousarray(shifted, dtype=np.float32)
 
 
 def song_training_rows(song: MixedSong, config: ExperimentConfig, partners: Sequence[MixedSong] = ()) -> dict[str, np.ndarray]:

@@ -36,6 +36,7 @@ def test_defaults_are_the_papers():
     assert config.windows.remixes == 0
     assert config.train.bin_weight_power == 0.0
     assert config.train.lr_schedule == "constant"
+    assert config.windows.remix_pitch_semitones == 0.0 and config.dnn.dropout == 0.0
 
 
 def test_soft_masks_are_p_and_its_complement_whatever_alpha():
@@ -93,6 +94,39 @@ def test_remix_puts_the_voice_at_a_bounded_gain_over_a_stretch_of_the_partner():
     # Seeded by the song id and the remix index: reruns agree, remixes differ.
     assert np.array_equal(remix(song, partner, 0, config).mixture, mixed.mixture)
     assert not np.allclose(remix(song, partner, 1, config).vocals, mixed.vocals)
+
+
+def test_remix_pitch_shift_moves_the_voice_within_its_bound_and_keeps_the_sum():
+    rate, seconds = 8000, 2.0
+    t = np.arange(int(rate * seconds)) / rate
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    song = MixedSong("a_1_01", "train", rate, tone, tone, np.zeros_like(tone))
+    partner = _song("b_2_02", 0.7, 1)
+    config = _config(windows={"remixes": 4, "remix_gain_db": 0.0, "remix_pitch_semitones": 3.0})
+    shifts = []
+    for index in range(4):
+        mixed = remix(song, partner, index, config)
+        assert np.allclose(mixed.mixture, mixed.vocals + mixed.accompaniment)
+        spectrum = np.abs(np.fft.rfft(mixed.vocals))
+        semitones = 12 * np.log2(np.argmax(spectrum) * rate / len(mixed.vocals) / 440)
+        # resampling: s semitones higher is 2^(-s/12) as long
+        assert len(mixed.vocals) == pytest.approx(len(tone) * 2 ** (-semitones / 12), rel=0.01)
+        shifts.append(semitones)
+    assert all(abs(s) <= 3.05 for s in shifts) and np.ptp(shifts) > 0.5
+    assert np.array_equal(remix(song, partner, 2, config).vocals, remix(song, partner, 2, config).vocals)
+    # Off (the default), the voice is the song's own, at its length.
+    assert len(remix(song, partner, 0, _config(windows={"remixes": 1})).vocals) == len(tone)
+
+
+def test_dropout_acts_while_training_only():
+    x = torch.rand(4, 129, 8)
+    plain = build_model(_config(dnn={"hidden_sizes": [32]}))
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+    model = build_model(_config(dnn={"hidden_sizes": [32], "dropout": 0.5}))
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
 
 
 def test_remix_partners_are_other_songs_and_stable():

@@ -54,7 +54,13 @@ class MaskDNN(nn.Module):
     """Mixture-magnitude window (batch, n_bins, T) -> vocal probability per bin (batch, n_bins, T)."""
 
     def __init__(
-        self, n_bins: int, n_frames: int, hidden_sizes: tuple[int, ...], bias_offset: float, log_input_gain: float = 0.0
+        self,
+        n_bins: int,
+        n_frames: int,
+        hidden_sizes: tuple[int, ...],
+        bias_offset: float,
+        log_input_gain: float = 0.0,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.n_bins, self.n_frames = n_bins, n_frames
@@ -64,6 +70,8 @@ class MaskDNN(nn.Module):
         width = n_inputs
         for size in hidden_sizes:
             layers += [nn.Linear(width, size), BiasedSigmoid(bias_offset)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
             width = size
         # Output layer: plain sigmoid (offset 0), one probability per input value.
         layers += [nn.Linear(width, n_inputs), nn.Sigmoid()]
@@ -90,7 +98,12 @@ class MaskDNN(nn.Module):
 def build_model(config: ExperimentConfig) -> MaskDNN:
     """The network of a config: n_inputs -> `config.hidden_sizes` -> n_inputs."""
     return MaskDNN(
-        config.stft.n_bins, config.windows.n_frames, config.hidden_sizes, config.dnn.bias_offset, config.dnn.log_input_gain
+        config.stft.n_bins,
+        config.windows.n_frames,
+        config.hidden_sizes,
+        config.dnn.bias_offset,
+        config.dnn.log_input_gain,
+        config.dnn.dropout,
     )
 
 
