@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="write the scores here")
     parser.add_argument("--save", default=None, metavar="DIR", help="save the trained DNN here (a karaoke checkpoint)")
+    parser.add_argument("--load", default=None, metavar="DIR",
+                        help="score this DNN checkpoint (e.g. RUN/dnn/epoch_0010 of `karaoke run`) instead of training one")
     parser.add_argument("--report", nargs="+", default=None, metavar="JSON",
                         help="only print the table (and figures into --figures) of earlier --json files")
     parser.add_argument("--figures", default=None, help="folder for Figures 2 and 3 with --report")
@@ -286,7 +288,13 @@ def main(argv: list[str] | None = None) -> dict:
             results[key + suffix] = {**summary(rows), "mask": mode, "train_seconds": seconds, "rows": rows, **extra}
             lines.append(format_row(f"{label} ({mode})", results[key + suffix], seconds))
 
-    if args.dnn:
+    if args.dnn and args.load:
+        from karaoke.models.dnn import load_dnn
+
+        model, _, card = load_dnn(args.load, config)
+        seconds = card.get("metrics", {}).get("train_seconds")
+        record("dnn", f"DNN {name} ({args.load})", score_method(dnn_provider(model, config), valid_songs, config, modes), seconds)
+    elif args.dnn:
         rows = training_arrays(train_songs, config)
         print(f"  {len(rows['mixture'])} training windows", flush=True)
         curve = results["curve"] = []
