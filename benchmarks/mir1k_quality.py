@@ -2,6 +2,7 @@
 
     python benchmarks/mir1k_quality.py --config configs/mir1k.yaml [--set train.epochs=5]
         [--valid-every 4] [--train-songs N] [--nmf] [--ibm] [--also-mask binary] [--json out.json]
+        [--save DIR | --load DIR]
     python benchmarks/mir1k_quality.py --report a.json b.json [--figures FOLDER]
 
 A plain single-process PyTorch run (no Ray) of what `karaoke run` does, for measuring options on a
@@ -32,7 +33,18 @@ The README's "MIR-1K results" table came from (A9 = "evaluation.alphas=[0.1,0.2,
     $B $CURVE --set windows.remixes=1 --set dnn.hidden_sizes=[2048] --json wide.json
     $B --config configs/mir1k.yaml --threads 1 --valid-every 2 --score-every 10 --also-mask binary --json final.json
     $B --config configs/mir1k-paper.yaml --no-dnn --nmf --valid-every 2 --also-mask soft --json nmf85.json
-    python benchmarks/mir1k_quality.py --report final.json nmf85.json ibm.json --figures docs/mir1k
+    # session 4: the magnitude-weighted loss (configs/mir1k.yaml now: weight 1, remixes 6, 10 epochs)
+    W="--config configs/mir1k.yaml --threads 1 --valid-every 6 --score-every 4 --set train.epochs=12 --set windows.remixes=3 --set train.bin_weight_power=0 --set evaluation.alphas=[0.5]"
+    $B $W --set train.lr_schedule=cosine; $B $W --set train.bin_weight_power=1; $B $W --set train.bin_weight_power=2
+    V="--config configs/mir1k.yaml --threads 1 --valid-every 1 --set evaluation.alphas=[0.5]"
+    $B $V --threads 2 --score-every 10 --set train.epochs=30 --json long.json          # stopped at 21
+    $B $V --score-every 4 --set train.epochs=12 --set train.lr_schedule=cosine
+    $B $V --score-every 4 --set train.epochs=7 --set train.lr_schedule=cosine --set windows.remixes=12
+    $B $V --score-every 5 --set windows.remix_pitch_semitones=3;  $B $V --score-every 5 --set dnn.dropout=0.2
+    karaoke run --config configs/mir1k.yaml --out runs/mir1k
+    $B --load runs/mir1k/dnn/epoch_0010 --valid-every 1 --set evaluation.alphas=[0.5]
+    $B --load runs/mir1k/dnn/epoch_0010 --valid-every 2 --also-mask binary --json dnn85.json
+    python benchmarks/mir1k_quality.py --report dnn85.json nmf85.json ibm.json --figures docs/mir1k
 """
 
 from __future__ import annotations
