@@ -91,7 +91,13 @@ def training_arrays(songs: list[MixedSong], config: ExperimentConfig) -> dict[st
 def train_dnn(config: ExperimentConfig, rows: dict[str, np.ndarray], log=print, after_epoch=None) -> tuple[torch.nn.Module, float]:
     """Train the config's network on `rows` for train.epochs epochs; returns (model, seconds of training).
     `after_epoch(epoch, model)` (1-based epoch; the model in eval mode) runs after each epoch, untimed."""
-    from karaoke.models.dnn import build_model, make_loss, make_optimizer, schedule_learning_rate, train_epoch
+    from karaoke.models.dnn import (
+        build_model,
+        make_loss,
+        make_optimizer,
+        schedule_learning_rate,
+        train_epoch,
+    )
 
     torch.manual_seed(config.train.seed)
     rng = np.random.default_rng(config.train.seed)

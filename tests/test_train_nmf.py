@@ -126,7 +126,7 @@ def test_train_hop_keeps_only_the_windows_at_its_multiples(dataset):
                 yield {name: values[start : start + batch_size] for name, values in rows.items()}
 
     n_inputs = rows["vocals"][0].size
-    V_all, keys_all = _load_shard(Shard(), n_inputs, 0, 1, "cpu")
+    V_all, _ = _load_shard(Shard(), n_inputs, 0, 1, "cpu")
     V, keys = _load_shard(Shard(), n_inputs, 0, 1, "cpu", train_hop=30)
     kept = rows["start_frame"] % 30 == 0
     assert 0 < kept.sum() < len(kept) and V.shape[-1] == kept.sum() and V_all.shape[-1] == len(kept)
