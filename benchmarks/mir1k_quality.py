@@ -292,7 +292,9 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config(args.config, args.overrides)
     name = args.name or config.name
 
-    train_songs = load_songs(config, "train", limit=args.train_songs)
+    # --load scores a trained network: the training clips are read only for a network or NMF to fit
+    needs_training = (args.dnn and not args.load) or args.nmf
+    train_songs = load_songs(config, "train", limit=args.train_songs) if needs_training else []
     valid_songs = load_songs(config, "valid", every=args.valid_every)
     print(f"{name}: {len(train_songs)} training clips, {len(valid_songs)} validation clips "
           f"({sum(s.seconds for s in valid_songs):.0f} s)", flush=True)

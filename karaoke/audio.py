@@ -71,8 +71,9 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.nda
     return audio, file_rate
 
 
-def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Resample (n_channels, n_samples) or (n_samples,) audio with soxr's high-quality filter."""
+def resample(audio: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:
+    """Resample (n_channels, n_samples) or (n_samples,) audio with soxr's high-quality filter (rates in
+    Hz; a non-integer rate is how `karaoke.features` pitch-shifts a voice)."""
     import soxr
 
     if from_rate == to_rate:

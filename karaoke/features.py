@@ -91,11 +91,10 @@ def remix(song: MixedSong, partner: MixedSong, index: int, config: ExperimentCon
 def _pitch_shifted(vocals: np.ndarray, sample_rate: int, index: int, song_id: str, config: ExperimentConfig) -> np.ndarray:
     """The voice resampled by 2^(s/12), s uniform in +-`windows.remix_pitch_semitones` (its own random
     stream): played at the same rate it is s semitones higher (formants too) and 2^(-s/12) as long."""
-    import soxr
+    from karaoke.audio import resample
 
     semitones = _song_rng(song_id, config, stream=-1 - index).uniform(-1, 1) * config.windows.remix_pitch_semitones
-    shifted = soxr.resample(vocals.astype(np.float32), sample_rate * 2 ** (semitones / 12), sample_rate, quality="HQ")
-    return np.ascontiguousarray(shifted, dtype=np.float32)
+    return resample(vocals, sample_rate * 2 ** (semitones / 12), sample_rate)
 
 
 def song_training_rows(song: MixedSong, config: ExperimentConfig, partners: Sequence[MixedSong] = ()) -> dict[str, np.ndarray]:

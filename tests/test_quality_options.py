@@ -1,5 +1,6 @@
 """The options beyond the paper measured on MIR-1K (README "MIR-1K results"): soft masks, log-compressed
-input, remix augmentation, the magnitude-weighted loss and the cosine rate (tests in test_dnn.py). Each defaults to the paper's behaviour."""
+input, remix augmentation (pitch-shifted too), dropout; the magnitude-weighted loss and the cosine rate
+are tested in test_dnn.py. Each defaults to the paper's behaviour."""
 
 import numpy as np
 import pytest
