@@ -147,7 +147,7 @@ def _score(config, scores_dir: Path, providers: list[tuple[str, str | None]], so
         song_ref = ray.put(song)
         for p, (method, checkpoint) in enumerate(providers):
             futures.append(task.remote(song_ref, method, checkpoint, config_ref, excerpt=(k == 0 and p == 0)))
-    results = ray.get(futures)
+    results = _gather(futures, f"scoring {len(songs)} songs x {len(providers)} methods")
     rows = [row for result in results for row in result["rows"]]
 
     summary = summarise(rows)
@@ -160,6 +160,24 @@ def _score(config, scores_dir: Path, providers: list[tuple[str, str | None]], so
     write_atomic(scores_dir / "excerpt.npz", lambda tmp: _savez(tmp, results[0]["excerpt"]))
     # The table is written last: its presence means the evaluation finished.
     return write_scores(rows, scores_dir / "scores.parquet")
+
+
+def _gather(futures: list, description: str) -> list:
+    """`ray.get(futures)` in order, with a progress bar as tasks finish: scoring the NMF on a
+    validation split takes tens of minutes on a small machine."""
+    import ray
+    from tqdm import tqdm
+
+    index = {future: k for k, future in enumerate(futures)}
+    results: list = [None] * len(futures)
+    pending = list(futures)
+    with tqdm(total=len(futures), desc=description, unit="task", mininterval=5) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for future in done:
+                results[index[future]] = ray.get(future)
+            bar.update(len(done))
+    return results
 
 
 def _savez(path: Path, arrays: dict[str, Any]) -> None:
