@@ -41,6 +41,9 @@ The README's "MIR-1K results" table came from (A9 = "evaluation.alphas=[0.1,0.2,
     $B $V --score-every 4 --set train.epochs=12 --set train.lr_schedule=cosine
     $B $V --score-every 4 --set train.epochs=7 --set train.lr_schedule=cosine --set windows.remixes=12
     $B $V --score-every 5 --set windows.remix_pitch_semitones=3;  $B $V --score-every 5 --set dnn.dropout=0.2
+    # session 5 (the soft-target, weight-decay and sharpening rows of the README used throwaway patches)
+    $B $V --score-every 5 --set "dnn.hidden_sizes=[1024]"; $B $V --score-every 5 --set dnn.bias_offset=0
+    $B $V --score-every 5 --set "dnn.hidden_sizes=[512,512]"
     karaoke run --config configs/mir1k.yaml --out runs/mir1k
     $B --load runs/mir1k/dnn/epoch_0010 --valid-every 1 --set evaluation.alphas=[0.5]
     $B --load runs/mir1k/dnn/epoch_0010 --valid-every 2 --also-mask binary --json dnn85.json
