@@ -80,12 +80,13 @@ def load_songs(config: ExperimentConfig, split: str, every: int = 1, limit: int 
 
 def training_arrays(songs: list[MixedSong], config: ExperimentConfig) -> dict[str, np.ndarray]:
     """Training windows of all songs: mixture float16 and ibm uint8, each (n_windows, n_bins, T)."""
-    from karaoke.features import remix_partners, song_training_rows
+    from karaoke.features import remix_partners, song_features, song_training_rows
 
     by_id = {song.song_id: song for song in songs}
     parts = []
     for song in songs:
-        rows = song_training_rows(song, config, [by_id[i] for i in remix_partners(song.song_id, list(by_id), config)])
+        partners = [by_id[i] for i in remix_partners(song.song_id, list(by_id), config)]
+        rows = song_training_rows(song, song_features(song, config), config, partners)
         # narrow each song's windows at once: float32 windows of all songs would need 4x the memory
         parts.append({"mixture": rows["mixture"].astype(np.float16), "ibm": rows["ibm"].astype(np.uint8)})
     return {key: np.concatenate([p[key] for p in parts]) for key in ("mixture", "ibm")}
@@ -125,14 +126,16 @@ def train_dnn(config: ExperimentConfig, rows: dict[str, np.ndarray], log=print, 
     return model.eval(), time.perf_counter() - start
 
 
-def score_method(probability_of, songs: list[MixedSong], config: ExperimentConfig, modes: list[str]) -> dict[str, list[dict]]:
-    """Score rows (one per song and alpha, with `seconds`) of a provider song -> (mixture STFT, p),
-    for each mask mode of `modes` (the network runs once per song)."""
+def score_method(separator, songs: list[MixedSong], config: ExperimentConfig, modes: list[str]) -> dict[str, list[dict]]:
+    """Score rows (one per song and alpha, with `seconds`) of a `karaoke.separator.Separator`, for
+    each mask mode of `modes` (the separator runs once per song)."""
     from karaoke.metrics import score_alpha_grid
+    from karaoke.separator import song_probability
 
     rows: dict[str, list[dict]] = {mode: [] for mode in modes}
     for song in songs:
-        mixture_stft, probability = probability_of(song)
+        features, probability = song_probability(separator, song, config)
+        mixture_stft = features.mixture_stft
         references = np.stack([song.vocals, song.accompaniment])
         for mode in modes:
             for row in score_alpha_grid(
@@ -154,31 +157,11 @@ def summary(rows: list[dict]) -> dict[str, dict[str, float]]:
     return {"0.5": by_alpha[closest], "best": best, "sweep": list(by_alpha.values())}
 
 
-def dnn_provider(model: torch.nn.Module, config: ExperimentConfig):
-    from karaoke.features import song_features
-    from karaoke.inference import soft_mask
-
-    def probability_of(song: MixedSong):
-        features = song_features(song, config)
-        return features.mixture_stft, soft_mask(model, features.mixture, config.windows.n_frames, scale=1.0)
-
-    return probability_of
-
-
-def ibm_provider(config: ExperimentConfig):
-    from karaoke.features import song_features
-
-    def probability_of(song: MixedSong):
-        features = song_features(song, config)
-        return features.mixture_stft, features.ibm.astype(np.float32)
-
-    return probability_of
-
-
-def nmf_provider(config: ExperimentConfig, train_songs: list[MixedSong]):
-    """Fit the NMF bases on the paper's training windows of `train_songs`; returns (provider, seconds)."""
+def nmf_separator(config: ExperimentConfig, train_songs: list[MixedSong]):
+    """Fit the NMF bases on the paper's training windows of `train_songs`; returns (separator, seconds)."""
     from karaoke.features import song_features, training_rows
-    from karaoke.models.nmf import fit_nmf, nmf_vocal_probability, window_keys
+    from karaoke.models.nmf import fit_nmf, window_keys
+    from karaoke.separator import NmfSeparator
 
     parts, keys = [], []
     for song in train_songs:
@@ -191,13 +174,8 @@ def nmf_provider(config: ExperimentConfig, train_songs: list[MixedSong]):
     start = time.perf_counter()
     W, _, _ = fit_nmf(V, np.concatenate(keys), config.nmf.n_components, config.nmf.train_iterations, config.nmf.seed)
     seconds = time.perf_counter() - start
-
-    def probability_of(song: MixedSong):
-        features = song_features(song, config)
-        p = nmf_vocal_probability(features.mixture, W[0], W[1], config.windows.n_frames, config.nmf.test_iterations, config.nmf.seed)
-        return features.mixture_stft, p
-
-    return probability_of, seconds
+    separator = NmfSeparator(W[0], W[1], config.windows.n_frames, config.nmf.test_iterations, config.nmf.seed)
+    return separator, seconds
 
 
 def format_row(name: str, scores: dict, train_seconds: float | None) -> str:
@@ -266,6 +244,8 @@ def report(paths: list[str], out_dir: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from karaoke.separator import DnnSeparator, IdealBinaryMask
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/mir1k.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
@@ -316,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         model, _, card = load_dnn(args.load, config)
         seconds = card.get("metrics", {}).get("train_seconds")
-        record("dnn", f"DNN {name} ({args.load})", score_method(dnn_provider(model, config), valid_songs, config, modes), seconds)
+        record("dnn", f"DNN {name} ({args.load})", score_method(DnnSeparator(model, config.windows.n_frames), valid_songs, config, modes), seconds)
     elif args.dnn:
         rows = training_arrays(train_songs, config)
         print(f"  {len(rows['mixture'])} training windows", flush=True)
@@ -325,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
         def score_epoch(epoch: int, model: torch.nn.Module) -> None:
             if args.score_every and epoch % args.score_every == 0 and epoch < config.train.epochs:
                 half = replace(config, evaluation=replace(config.evaluation, alphas=(REPORT_ALPHA,)))
-                scores = summary(score_method(dnn_provider(model, half), valid_songs, half, [config.evaluation.mask])[config.evaluation.mask])["0.5"]
+                scores = summary(score_method(DnnSeparator(model, half.windows.n_frames), valid_songs, half, [config.evaluation.mask])[config.evaluation.mask])["0.5"]
                 curve.append({"epoch": epoch, **scores})
                 print(f"  epoch {epoch}: vocal GNSDR {scores['vocals_gnsdr']:.2f} dB, accompaniment "
                       f"{scores['accompaniment_gnsdr']:.2f} dB at alpha {REPORT_ALPHA} ({config.evaluation.mask})", flush=True)
@@ -336,14 +316,14 @@ def main(argv: list[str] | None = None) -> dict:
 
             save_dnn(args.save, model, config, config.train.epochs, {"train_seconds": seconds})
         start = time.perf_counter()
-        record("dnn", f"DNN {name}", score_method(dnn_provider(model, config), valid_songs, config, modes), seconds,
+        record("dnn", f"DNN {name}", score_method(DnnSeparator(model, config.windows.n_frames), valid_songs, config, modes), seconds,
                windows=len(rows["mixture"]))
         print(f"  scored in {time.perf_counter() - start:.0f} s", flush=True)
     if args.nmf:
-        provider, seconds = nmf_provider(config, train_songs)
-        record("nmf", f"NMF K={config.nmf.n_components}", score_method(provider, valid_songs, config, modes), seconds)
+        separator, seconds = nmf_separator(config, train_songs)
+        record("nmf", f"NMF K={config.nmf.n_components}", score_method(separator, valid_songs, config, modes), seconds)
     if args.ibm:
-        record("ibm", "IBM", score_method(ibm_provider(config), valid_songs, config, ["binary"]), None)
+        record("ibm", "IBM", score_method(IdealBinaryMask(), valid_songs, config, ["binary"]), None)
     print("| method | alpha | vocal GNSDR / GSIR / GSAR | accomp. GNSDR / GSIR / GSAR | best alpha | vocal | accomp. | train |")
     print("\n".join(lines), flush=True)
     if args.json:

@@ -119,11 +119,13 @@ def loop_once(config_dict: dict, out: str) -> float:
     """The same work as the Ray job, song after song in this (one-thread) process."""
     from karaoke.config import config_from_dict
     from karaoke.corpora import list_songs
-    from karaoke.dataset import prepare_song, write_manifest
+    from karaoke.preparation import prepare_song, remix_partner_songs, write_manifest
 
     start = time.perf_counter()
     config = config_from_dict(config_dict)
-    statuses = [prepare_song(song, config, out) for song in list_songs(config.corpus)]
+    songs = list_songs(config.corpus)
+    train_songs = [song for song in songs if song.split == "train"]
+    statuses = [prepare_song(song, config, out, remix_partner_songs(song, train_songs, config)) for song in songs]
     write_manifest(out, config, statuses)
     return time.perf_counter() - start
 

@@ -46,10 +46,12 @@ def child(song: str, model: str, out: str, precision: str) -> None:
     import resource
     import time
 
-    from karaoke.separate import separate_files
+    from karaoke.models.dnn import load_dnn, pick_device
+    from karaoke.separate import separate_file
 
     start = time.perf_counter()
-    list(separate_files([song], model, 0.5, out, precision=precision))
+    network, config, _ = load_dnn(model, device=pick_device())
+    separate_file(song, network, config, 0.5, out, precision=precision)
     seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_mib": usage.ru_maxrss / 1024}))

@@ -42,7 +42,7 @@ def write_song(path: Path, seconds: float) -> None:
 
 def separate(song: Path, model: Path, out: Path, precision: str) -> tuple[float, float]:
     """Run `karaoke separate` on `song` in a child process; returns (wall seconds, peak RSS MiB)."""
-    command = [sys.executable, "-c", "from karaoke.cli import main; main()", "separate", str(song),
+    command = [sys.executable, "-m", "karaoke_cli", "separate", str(song),
                "--model", str(model), "--out", str(out), "--precision", precision]
     start = time.perf_counter()
     proc = subprocess.Popen(command)

@@ -97,3 +97,36 @@ def load_checkpoint(
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{tensor_path}: not a valid safetensors file ({exc})") from None
     return tensors, stored_config, card
+
+
+# A training run folder holds one checkpoint per epoch: RUN/epoch_0001/, RUN/epoch_0002/, ...
+EPOCH_PREFIX = "epoch_"
+
+
+def epoch_folder(epoch: int) -> str:
+    """The name of epoch `epoch`'s checkpoint folder in a training run folder."""
+    return f"{EPOCH_PREFIX}{epoch:04d}"
+
+
+def latest_checkpoint(run_dir: str | Path) -> str | None:
+    """The last epoch checkpoint (one with a card) in a training run folder, local or URL, or None."""
+    from karaoke.storage import is_url, open_fs
+
+    run_dir = str(run_dir)
+    fs, root = open_fs(run_dir)
+    cards = sorted(fs.glob(f"{root}/{EPOCH_PREFIX}*/{CARD}"))
+    if not cards:
+        return None
+    folder = cards[-1].rsplit("/", 1)[0]
+    return f"{run_dir.split('://', 1)[0]}://{folder}" if is_url(run_dir) else folder
+
+
+def resolve_checkpoint(location: str | Path) -> str:
+    """A checkpoint folder as given, or a training run folder's last epoch checkpoint."""
+    from karaoke.storage import exists, join
+
+    if not exists(join(str(location), CARD)):
+        last = latest_checkpoint(location)
+        if last is not None:
+            return last
+    return str(location)

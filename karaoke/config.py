@@ -1,5 +1,8 @@
 """Experiment configuration: frozen dataclasses loaded from YAML and validated.
 
+One module for every key (over 300 lines for that reason): a reader finds each section, its
+defaults and its checks in one place, and the sections each output depends on are declared here once.
+
 Every section has the paper's values as defaults (Simpson, Roma, Plumbley 2015), so an empty YAML
 file describes the paper's experiment; `configs/*.yaml` override what differs. Validation is done by
 pydantic: unknown keys, wrong types and impossible values are a `ConfigError` naming the file and key.
@@ -123,14 +126,7 @@ class TrainConfig:
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.5
     batch_size: PositiveInt = 100
     epochs: PositiveInt = 100
-    num_workers: PositiveInt = 1
-    use_gpu: bool = False
     seed: int = 0
-    # Logical CPUs per Ray Train worker: below 1 on small machines, or the workers starve the Ray Data
-    # read tasks that feed them (they deadlock on a 2-core machine with 2 one-CPU workers).
-    cpus_per_worker: PositiveFloat = 0.5
-    # Worker-group restarts (each from the last checkpoint) before a run fails; -1 retries forever.
-    max_failures: Annotated[int, Field(ge=-1)] = 2
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -144,13 +140,8 @@ class NmfConfig:
     train_hop: Annotated[int, Field(ge=0)] = 0
     train_iterations: PositiveInt = 200
     test_iterations: PositiveInt = 100
-    num_workers: PositiveInt = 1
     seed: int = 0
-    # Ray Train: fractional CPUs leave room for the Parquet read tasks (whole CPUs deadlock on 2 cores).
-    cpus_per_worker: PositiveFloat = 0.5
-    use_gpu: bool = False
     checkpoint_every: PositiveInt = 10
-    max_failures: Annotated[int, Field(ge=0)] = 1
 
 
 def _default_alphas() -> tuple[float, ...]:
@@ -169,6 +160,20 @@ class EvaluationConfig:
     mask: Literal["binary", "soft"] = "binary"
 
 
+# What defines each output, declared once. A prepared dataset depends on these sections:
+DATA_SECTIONS = ("corpus", "stft", "windows")
+# A checkpoint loads only into a config that agrees with it on these (they fix its tensors' shapes):
+CHECKPOINT_SECTIONS = {"dnn": ("stft", "windows", "dnn"), "nmf": ("stft", "windows")}
+# Each stage of `karaoke run` depends on these; a change there makes a rerun redo the stage.
+STAGE_SECTIONS = {
+    "prepare": DATA_SECTIONS,
+    "tune": (*DATA_SECTIONS, "dnn", "train", "nmf", "evaluation", "tune"),
+    "dnn": (*DATA_SECTIONS, "dnn", "train"),
+    "nmf": (*DATA_SECTIONS, "nmf"),
+    "alpha": (*DATA_SECTIONS, "dnn", "train", "nmf", "evaluation"),
+    "evaluate": (*DATA_SECTIONS, "dnn", "train", "nmf", "evaluation"),
+    "report": (*DATA_SECTIONS, "dnn", "train", "nmf", "evaluation"),
+}
 # Sections whose values a tune may vary, per model: the dataset (corpus, stft, windows) is prepared once.
 TUNABLE_SECTIONS = {"dnn": ("dnn", "train"), "nmf": ("nmf",)}
 Criterion = Literal[
@@ -224,6 +229,28 @@ class TuneConfig:
 
 
 @dataclass(frozen=True, config=_STRICT)
+class WorkerConfig:
+    """The Ray Train workers that train one model: machine resources, never part of what defines
+    the model (no digest includes them, so changing them never retrains anything)."""
+
+    num_workers: PositiveInt = 1
+    use_gpu: bool = False
+    # Logical CPUs per worker: below 1 on small machines, or the workers starve the Ray Data read
+    # tasks that feed them (they deadlock on a 2-core machine with 2 one-CPU workers).
+    cpus_per_worker: PositiveFloat = 0.5
+    # Worker-group restarts (each from the last checkpoint) before a run fails; -1 retries forever.
+    max_failures: Annotated[int, Field(ge=-1)] = 2
+
+
+@dataclass(frozen=True, config=_STRICT)
+class ResourcesConfig:
+    """Where the DNN's and the NMF's training run (`karaoke.config.WorkerConfig` each)."""
+
+    dnn: WorkerConfig = Field(default_factory=WorkerConfig)
+    nmf: WorkerConfig = Field(default_factory=lambda: WorkerConfig(max_failures=1))
+
+
+@dataclass(frozen=True, config=_STRICT)
 class ExperimentConfig:
     name: str = "paper"
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
@@ -234,6 +261,7 @@ class ExperimentConfig:
     nmf: NmfConfig = Field(default_factory=NmfConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     def __post_init__(self) -> None:
         if self.nmf.train_hop % self.windows.train_hop:

@@ -97,10 +97,13 @@ def _pitch_shifted(vocals: np.ndarray, sample_rate: int, index: int, song_id: st
     return resample(vocals, sample_rate * 2 ** (semitones / 12), sample_rate)
 
 
-def song_training_rows(song: MixedSong, config: ExperimentConfig, partners: Sequence[MixedSong] = ()) -> dict[str, np.ndarray]:
-    """`training_rows` of a song followed by those of its remixes over each of `partners` (see
-    `remix_partners`); `remix` is (n_windows,) int, 0 for the song itself and i + 1 for remix i."""
-    parts = [training_rows(song_features(song, config), config)]
+def song_training_rows(
+    song: MixedSong, features: SongFeatures, config: ExperimentConfig, partners: Sequence[MixedSong] = ()
+) -> dict[str, np.ndarray]:
+    """`training_rows` of a song (from its `features`) followed by those of its remixes over each of
+    `partners` (see `remix_partners`); `remix` is (n_windows,) int, 0 for the song itself and i + 1
+    for remix i."""
+    parts = [training_rows(features, config)]
     for index, partner in enumerate(partners):
         parts.append(training_rows(song_features(remix(song, partner, index, config), config), config))
     rows = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}

@@ -18,6 +18,9 @@ from typing import Literal
 
 import numpy as np
 
+from karaoke.config import StftConfig
+from karaoke.spectral import istft
+
 
 def ideal_binary_mask(vocal_magnitude: np.ndarray, accompaniment_magnitude: np.ndarray) -> np.ndarray:
     """IBM of two (n_bins, n_frames) magnitudes: True where the vocal is strictly louder."""
@@ -58,26 +61,6 @@ def sliding_windows(spec: np.ndarray, window_frames: int) -> np.ndarray:
     return np.moveaxis(view, -2, 0)
 
 
-def overlap_average(window_predictions: np.ndarray, n_frames: int | None = None) -> np.ndarray:
-    """Eq. 1: mean over every prediction each bin received from hop-1 windows.
-
-    window_predictions: (n_windows, n_bins, T), window i covering frames i .. i+T-1.
-    Returns (n_bins, n_frames) with n_frames = n_windows + T - 1 (frames past that, if a larger
-    `n_frames` is asked for, received no prediction and get 0). Edge frames average fewer values:
-    frame 0 has one prediction, frame T-1 has T.
-    """
-    n_windows, n_bins, window_frames = window_predictions.shape
-    covered = n_windows + window_frames - 1
-    n_frames = covered if n_frames is None else n_frames
-    total = np.zeros((n_bins, max(n_frames, covered)), dtype=np.float64)
-    count = np.zeros(max(n_frames, covered), dtype=np.float64)
-    for offset in range(window_frames):
-        total[:, offset : offset + n_windows] += window_predictions[:, :, offset].T
-        count[offset : offset + n_windows] += 1
-    mean = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    return mean[:, :n_frames].astype(np.float32)
-
-
 def check_alpha(alpha: float) -> float:
     """Alpha must lie strictly inside (0, 1): at 0 or 1 one of the masks is everything or nothing."""
     if not (isinstance(alpha, (int, float)) and 0.0 < float(alpha) < 1.0):
@@ -106,3 +89,23 @@ def alpha_masks(probability: np.ndarray, alpha: float, mode: MaskMode = "binary"
 def apply_mask(mixture_stft: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Masked complex STFT: (..., n_bins, n_frames) complex times a binary or soft mask."""
     return mixture_stft * mask.astype(np.float32, copy=False)
+
+
+def masks_to_audio(
+    mixture_stft: np.ndarray,
+    probability: np.ndarray,
+    alpha: float,
+    stft_cfg: StftConfig,
+    n_samples: int,
+    mode: MaskMode = "binary",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vocal and accompaniment audio (each (..., n_samples)) from a complex mixture STFT
+    (..., n_bins, n_frames) and a vocal probability (n_bins, n_frames), thresholded at alpha (Eq. 2;
+    `mode` as in `karaoke.masks.alpha_masks`).
+
+    A stereo STFT (2, n_bins, n_frames) gets the same mono-derived mask on both channels.
+    """
+    vocal_mask, accompaniment_mask = alpha_masks(probability, alpha, mode)
+    vocals = istft(apply_mask(mixture_stft, vocal_mask), stft_cfg, n_samples)
+    accompaniment = istft(apply_mask(mixture_stft, accompaniment_mask), stft_cfg, n_samples)
+    return vocals.astype(np.float32), accompaniment.astype(np.float32)

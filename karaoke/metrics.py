@@ -57,13 +57,6 @@ def bss_eval_mir_eval(references: np.ndarray, estimates: np.ndarray) -> Scores:
     return Scores(sdr, sir, sar)
 
 
-def bss_eval_fast(references: np.ndarray, estimates: np.ndarray) -> Scores:
-    """The same scores as `bss_eval_mir_eval` from the fast engine (NaN where undefined, no error)."""
-    from karaoke.bss_engine import bss_eval
-
-    return Scores(*bss_eval(references, estimates))
-
-
 def framewise_median(values: np.ndarray) -> np.ndarray:
     """Median over the last axis (windows) ignoring NaN (silent windows); NaN if every window is."""
     values = np.asarray(values, dtype=np.float64)
@@ -133,7 +126,7 @@ def score_alpha_grid(
     (`alpha` plus the columns of the module docstring; framewise ones only with `sample_rate`).
     `mode` is the mask mode of `karaoke.masks.alpha_masks` ("binary": Eq. 2).
     """
-    from karaoke.separate import masks_to_audio
+    from karaoke.masks import masks_to_audio
 
     n_samples = len(mixture)
     scorer = SongScorer(references, mixture, sample_rate)

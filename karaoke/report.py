@@ -21,7 +21,6 @@ and interval per method and alpha) and `report.md` (the tables and figures), wri
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from karaoke.errors import KaraokeError
 from karaoke.metrics import METRICS, SCORE_COLUMNS, global_scores, summarise
+from karaoke.storage import write_file
 
 REQUIRED_COLUMNS = ("method", "song_id", "split", "alpha", "seconds", *SCORE_COLUMNS)
 PANELS = (
@@ -44,15 +44,6 @@ class ScoresError(KaraokeError, ValueError):
     """A scores table is missing, unreadable or lacks required columns."""
 
 
-def write_atomic(path: Path, write) -> Path:
-    """Write through `write(tmp_path)` then rename, so a half-written file never looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def write_scores(rows: Sequence[dict], path: str | Path) -> Path:
     """Write scores rows as Parquet or CSV (by the suffix of `path`)."""
     import pyarrow as pa
@@ -62,9 +53,9 @@ def write_scores(rows: Sequence[dict], path: str | Path) -> Path:
     path = Path(path)
     table = pa.Table.from_pylist(list(rows))
     if path.suffix == ".parquet":
-        return write_atomic(path, lambda tmp: pyarrow.parquet.write_table(table, tmp))
+        return write_file(path, lambda handle: pyarrow.parquet.write_table(table, handle))
     if path.suffix == ".csv":
-        return write_atomic(path, lambda tmp: pyarrow.csv.write_csv(table, tmp))
+        return write_file(path, lambda handle: pyarrow.csv.write_csv(table, handle))
     raise ScoresError(f"{path}: scores are written as .parquet or .csv")
 
 
@@ -144,7 +135,7 @@ def figure_alpha_curves(summary: Sequence[dict], path: str | Path) -> Path:
                 ax.set_xlabel("alpha")
     axes[0, 0].legend(loc="best", fontsize=9)
     fig.suptitle("SDR, SIR and SAR against alpha (mean and 95% confidence interval across songs)")
-    return write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+    return write_file(Path(path), lambda handle: fig.savefig(handle, format="png"))
 
 
 def figure_sar_vs_sir(summary: Sequence[dict], path: str | Path, methods: Sequence[str] = ("dnn", "nmf")) -> Path:
@@ -179,7 +170,7 @@ def figure_sar_vs_sir(summary: Sequence[dict], path: str | Path, methods: Sequen
         ax.grid(alpha=0.3)
     axes[0].legend(loc="best", fontsize=9)
     fig.suptitle("SAR against SIR as alpha goes from 0.1 to 0.9 (labels: alpha at the ends)")
-    return write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+    return write_file(Path(path), lambda handle: fig.savefig(handle, format="png"))
 
 
 def figure_spectrograms(
@@ -213,7 +204,7 @@ def figure_spectrograms(
         ax.set_ylabel("kHz")
     axes[-1].set_xlabel("seconds")
     fig.colorbar(image, ax=list(axes), label="dB", shrink=0.6)
-    return write_atomic(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
+    return write_file(Path(path), lambda handle: fig.savefig(handle, format="png"))
 
 
 def _fmt(row: dict, column: str) -> str:
@@ -278,7 +269,7 @@ def write_report(run_dir: str | Path) -> Path:
     figures.append(figure_sar_vs_sir(summary, out / "figure3.png").name)
     write_scores(summary, out / "summary.csv")
     page = _markdown(summary, rows, figures, scores_path.relative_to(run_dir))
-    return write_atomic(out / "report.md", lambda tmp: tmp.write_text(page))
+    return write_file(out / "report.md", lambda handle: handle.write(page.encode()))
 
 
 def _excerpt_figure(path: Path, out: Path) -> str:

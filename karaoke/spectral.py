@@ -22,11 +22,6 @@ def _to_tensor(x):
     return (x, False) if isinstance(x, torch.Tensor) else (torch.from_numpy(np.ascontiguousarray(x)), True)
 
 
-def n_frames_for(n_samples: int, stft_cfg: StftConfig) -> int:
-    """Number of STFT frames of a signal of `n_samples` samples (frames are centred)."""
-    return 1 + n_samples // stft_cfg.hop_length
-
-
 def stft(audio: Array, stft_cfg: StftConfig) -> Array:
     """Complex STFT of (..., n_samples) real audio -> (..., n_bins, n_frames) complex."""
     import torch

@@ -66,6 +66,13 @@ def write_atomic(fs: Any, path: str, write: Callable[[Any], None]) -> None:
             fs.rm(tmp)
 
 
+def write_file(location: str | Path, write: Callable[[Any], None]) -> str | Path:
+    """`write_atomic` at a local path or URL; returns `location`."""
+    fs, path = open_fs(location)
+    write_atomic(fs, path, write)
+    return location
+
+
 def exists(location: str | Path) -> bool:
     fs, path = open_fs(location)
     return fs.exists(path)
@@ -94,9 +101,8 @@ def json_safe(value: Any) -> Any:
 
 def write_json(location: str | Path, document: Any) -> None:
     """Write `document` atomically (see `json_safe`: NaN becomes null)."""
-    fs, path = open_fs(location)
     payload = json.dumps(json_safe(document), indent=1, allow_nan=False).encode()
-    write_atomic(fs, path, lambda handle: handle.write(payload))
+    write_file(location, lambda handle: handle.write(payload))
 
 
 def upload_folder(local: str | Path, location: str | Path, last: str | None = None) -> None:

@@ -1,25 +1,20 @@
 """Ray Data job: a corpus (local or s3://) into a prepared dataset of Parquet shards (local or s3://).
 
-    python -m pipelines.prepare --config configs/mir1k.yaml --out data/mir1k [--set k=v] [--strict]
-    karaoke prepare ...                       (the same command)
+    karaoke prepare --config configs/mir1k.yaml --out data/mir1k [--set k=v] [--strict]
 
 One Ray Data pipeline: the songs still to do -> `map_batches` (a few songs per task, in parallel): decode, mix,
 STFT, IBM, unit-scale normalisation, rows -> the song's own shard files -> a small status row each.
-Each task writes its song's shards itself (see `karaoke.dataset.prepare_song`) instead of handing
+Each task writes its song's shards itself (see `karaoke.preparation.prepare_song`) instead of handing
 rows to `write_parquet`: a song's windows never enter the object store, so memory is one song per
 worker whatever the corpus size, and a song's files appear atomically, so a rerun after a kill skips
-exactly the songs that are complete. The manifest is written last, by the driver.
-
-Credentials and endpoint for s3:// come from the environment (AWS_*); the driver forwards them to
-its tasks, which matters when the cluster was started before they were set.
+exactly the songs that are complete. The driver resolves every training song's remix partners once
+(tasks never list the corpus) and writes the manifest last.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 import sys
 import time
 from dataclasses import asdict
@@ -50,18 +45,17 @@ def _song_from_json(text: str) -> "Song":
     return Song(data["song_id"], data["split"], error=data["error"], **stems)
 
 
-def forwarded_env() -> dict[str, str]:
-    """The driver's AWS_* settings, for tasks and workers started before they were set."""
-    return {key: value for key, value in os.environ.items() if key.startswith("AWS_")}
-
-
 def _prepare_block(block: dict[str, Any], config_dict: dict, dataset: str) -> dict[str, list[str]]:
-    """One task: prepare a block of songs in turn; one status row each."""
+    """One task: prepare a block of songs (each with its remix partners) in turn; one status row each."""
     from karaoke.config import config_from_dict
-    from karaoke.dataset import prepare_song
+    from karaoke.preparation import prepare_song
 
     config = config_from_dict(config_dict)
-    return {"status": [json.dumps(prepare_song(_song_from_json(text), config, dataset)) for text in block["song"]]}
+    statuses = []
+    for text, partners in zip(block["song"], block["partners"]):
+        song = _song_from_json(text)
+        statuses.append(json.dumps(prepare_song(song, config, dataset, [_song_from_json(p) for p in json.loads(partners)])))
+    return {"status": statuses}
 
 
 def prepare_dataset(config: "ExperimentConfig", dataset: str, strict: bool = False) -> dict[str, Any]:
@@ -71,15 +65,17 @@ def prepare_dataset(config: "ExperimentConfig", dataset: str, strict: bool = Fal
     unless `strict`, where the first failure raises `DatasetError` (and no manifest is written).
     Needs a connected Ray (`ray.init()`); the Data progress bars are shown on a terminal only.
     """
-    from karaoke.corpora import list_songs
-    from karaoke.dataset import DatasetError, done_songs, write_manifest
+    from karaoke.corpora import generate_corpus, list_songs
+    from karaoke.dataset import DatasetError
+    from karaoke.preparation import done_songs, write_manifest
 
+    generate_corpus(config.corpus)
     songs = list_songs(config.corpus)
     statuses = done_songs(dataset, songs, config)
     todo = [song for song in songs if song.song_id not in statuses]
     log.info("%d songs, %d already prepared, %d to do", len(songs), len(statuses), len(todo))
     if todo:
-        for status in _run_songs(todo, config, dataset):
+        for status in _run_songs(todo, songs, config, dataset):
             if status["status"] != "ok":
                 if strict:
                     raise DatasetError(f"{status['song_id']}: {status['reason']} (--strict stops at the first failure)")
@@ -88,17 +84,24 @@ def prepare_dataset(config: "ExperimentConfig", dataset: str, strict: bool = Fal
     return write_manifest(dataset, config, list(statuses.values()))
 
 
-def _run_songs(todo: list["Song"], config: "ExperimentConfig", dataset: str) -> Iterator[dict[str, Any]]:
-    """The Ray Data pipeline over the songs still to do; yields each song's status as it completes."""
+def _run_songs(
+    todo: list["Song"], songs: list["Song"], config: "ExperimentConfig", dataset: str
+) -> Iterator[dict[str, Any]]:
+    """The Ray Data pipeline over the songs still to do (`songs`: the whole corpus, for remix
+    partners); yields each song's status as it completes."""
     import ray
 
     from karaoke.config import config_to_dict
+    from karaoke.preparation import remix_partner_songs
+    from pipelines.ray_runtime import task_options
 
-    remote_args: dict[str, Any] = {"num_cpus": 1}
-    env = forwarded_env()
-    if env:
-        remote_args["runtime_env"] = {"env_vars": env}
-    items = [{"song": _song_to_json(song)} for song in todo]
+    remote_args = {key: value for key, value in task_options(1).items() if value is not None}
+    train_songs = [song for song in songs if song.split == "train"]
+    items = [
+        {"song": _song_to_json(song),
+         "partners": json.dumps([_song_to_json(p) for p in remix_partner_songs(song, train_songs, config)])}
+        for song in todo
+    ]
     # Many small blocks (a block is one task): with a few big ones a CPU sits idle behind the slowest.
     n_blocks = min(len(items), BLOCKS_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1))))
     # A Dataset copies the current DataContext when it is created, so the settings go first.
@@ -125,13 +128,14 @@ def _rows(results: "ray.data.Dataset") -> Iterator[dict[str, Any]]:
     """The job's status rows; a task's `DatasetError` (its storage write failed) is raised here as
     that one line instead of Ray's wrapped traceback."""
     from karaoke.dataset import DatasetError
+    from pipelines.ray_runtime import unwrap_error
 
     try:
         yield from results.iter_rows()
     except Exception as exc:
-        found = re.search(r"DatasetError: (.+)", str(exc))
-        if found:
-            raise DatasetError(found.group(1).strip()) from None
+        error = unwrap_error(exc, DatasetError)
+        if error is not None:
+            raise error from None
         raise
 
 
@@ -147,59 +151,12 @@ def summary_line(manifest: dict[str, Any], seconds: float) -> str:
     )
 
 
-def read_windows_dataset(dataset: str, split: str) -> "ray.data.Dataset":
-    """A split's training windows as a `ray.data.Dataset` whose tensor columns have shape (n_bins, T).
+def prepare_job(config: "ExperimentConfig", dataset: str, strict: bool = False) -> int:
+    """`karaoke prepare`: connect, prepare, print the summary and the failed songs; returns the exit
+    status (the number of failed songs, at most `MAX_EXIT_STATUS`)."""
+    from pipelines.ray_runtime import connect
 
-    Reads only the shards listed in the manifest, so files of an unfinished rerun are never seen.
-    """
-    import ray
-
-    from karaoke.dataset import DatasetError, split_files
-
-    files = split_files(dataset, split)
-    if not files:
-        raise DatasetError(f"{dataset}: split {split!r} has no training windows (see manifest.json)")
-    filesystem = None
-    if str(dataset).startswith("s3://"):
-        filesystem = _s3_filesystem()
-        files = [f.split("://", 1)[1] for f in files]
-    return ray.data.read_parquet(files, filesystem=filesystem)
-
-
-def train_storage(location: str) -> dict[str, Any]:
-    """`ray.train.RunConfig` arguments for storage at a folder or s3:// URL. For s3:// the filesystem
-    is given explicitly (see `_s3_filesystem`): Train's controller actor may run in a process started
-    before the driver's AWS_* settings, and would otherwise resolve the URL without them."""
-    if not str(location).startswith("s3://"):
-        return {"storage_path": str(location)}
-    return {"storage_path": str(location).split("://", 1)[1], "storage_filesystem": _s3_filesystem()}
-
-
-def _s3_filesystem():
-    """A pyarrow S3 filesystem with the driver's AWS_* settings spelled out, so that it travels to
-    read tasks in workers started before those variables were set; unset ones keep AWS's defaults."""
-    import pyarrow.fs
-
-    env = os.environ
-    options = {
-        "endpoint_override": env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
-        "access_key": env.get("AWS_ACCESS_KEY_ID"),
-        "secret_key": env.get("AWS_SECRET_ACCESS_KEY"),
-        "session_token": env.get("AWS_SESSION_TOKEN"),
-        "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
-    }
-    return pyarrow.fs.S3FileSystem(**{key: value for key, value in options.items() if value})
-
-
-def run(config_path: str, overrides: tuple[str, ...], dataset: str, strict: bool = False) -> int:
-    """The command: load the config, prepare, print the summary; returns the exit status."""
-    import ray
-
-    from karaoke.config import load_config
-
-    config = load_config(config_path, overrides)
-    if not ray.is_initialized():
-        ray.init()
+    connect()
     start = time.perf_counter()
     manifest = prepare_dataset(config, dataset, strict=strict)
     print(summary_line(manifest, time.perf_counter() - start))
@@ -207,13 +164,3 @@ def run(config_path: str, overrides: tuple[str, ...], dataset: str, strict: bool
         if song["status"] != "ok":
             print(f"failed: {song['song_id']}: {song['reason']}")
     return min(manifest["failed"], MAX_EXIT_STATUS)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from karaoke.cli import entry_point
-
-    entry_point(["prepare"], argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """The main job: the whole experiment of a config into one run directory (a folder or s3:// URL).
 
     karaoke run --config configs/demo.yaml [--out RUN] [--set key=value ...]
-    python -m pipelines.run ...                 (the same command; also under `ray job submit`)
+    ray job submit --working-dir . -- python -m karaoke_cli run ...     (on a cluster)
 
 Stages, in order, each into its own part of RUN:
     prepare   RUN/dataset/         Ray Data: songs -> STFT, IBM, windows -> Parquet shards
@@ -22,17 +22,15 @@ overwritten: the run stops and says so.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from karaoke.config import STAGE_SECTIONS
 from pipelines.run_stages import (
-    SECTIONS,
     Run,
     check_dataset,
     check_dnn,
@@ -45,8 +43,6 @@ from pipelines.run_stages import (
     run_stage,
 )
 
-log = logging.getLogger(__name__)
-
 # The alpha chosen per method maximises the mean over songs of the average of the vocal and the
 # accompaniment SDR (Figure 2a): vocal SDR alone favours low alphas, where the accompaniment is
 # barely separated.
@@ -56,7 +52,7 @@ SELECTION_METRIC = "mean_sdr"
 # --- the stages -----------------------------------------------------------------------------------
 
 
-def prepare(run: Run) -> dict:
+def prepare_stage(run: Run) -> dict:
     from karaoke.errors import KaraokeError
     from pipelines.prepare import prepare_dataset, summary_line
 
@@ -68,7 +64,7 @@ def prepare(run: Run) -> dict:
     return {"songs": {k: v["songs"] for k, v in manifest["splits"].items()}, "failed": manifest["failed"]}
 
 
-def tune(run: Run) -> dict:
+def tune_stage(run: Run) -> dict:
     from karaoke.config import config_to_dict
     from pipelines.tune import tune_experiment
 
@@ -77,10 +73,12 @@ def tune(run: Run) -> dict:
     return {"best_config": config_to_dict(outcome.best_config), "results": str(outcome.results)}
 
 
-def train_dnn(run: Run) -> dict:
-    from pipelines.train_dnn import latest_checkpoint, train_dnn
+def dnn_stage(run: Run) -> dict:
+    from karaoke.checkpoint import latest_checkpoint
+    from karaoke.config import CHECKPOINT_SECTIONS
+    from pipelines.train_dnn import train_dnn
 
-    guard(run, run.path("dnn"), model_values(run, ("stft", "windows", "dnn")))
+    guard(run, run.path("dnn"), model_values(run, CHECKPOINT_SECTIONS["dnn"]))
     last = latest_checkpoint(run.path("dnn"))
     if last is not None:
         print(f"  resuming from {last}")
@@ -88,28 +86,29 @@ def train_dnn(run: Run) -> dict:
     return {"checkpoint": result.checkpoint_path, "metrics": result.metrics}
 
 
-def train_nmf(run: Run) -> dict:
+def nmf_stage(run: Run) -> dict:
+    from karaoke.config import CHECKPOINT_SECTIONS
     from karaoke.storage import exists
     from pipelines.train_nmf import RUN_NAME, train_nmf
 
-    guard(run, run.path("nmf"), model_values(run, ("stft", "windows", "nmf.n_components")))
+    guard(run, run.path("nmf"), model_values(run, (*CHECKPOINT_SECTIONS["nmf"], "nmf.n_components")))
     resume = exists(run.path("nmf", "ray", RUN_NAME))
     if resume:
         print(f"  resuming from the latest checkpoint under {run.path('nmf', 'ray', RUN_NAME)}")
     return {"bases": str(train_nmf(run.config, run.path("dataset"), run.path("nmf"), resume=resume))}
 
 
-def providers(run: Run) -> list[tuple[str, str | None]]:
-    from pipelines.train_dnn import latest_checkpoint
+def run_methods(run: Run) -> list[tuple[str, str | None]]:
+    from karaoke.checkpoint import latest_checkpoint
 
     return [("dnn", latest_checkpoint(run.path("dnn"))), ("nmf", run.path("nmf", "bases")), ("ibm", None)]
 
 
-def score(run: Run, split: str, out: str) -> dict:
+def scores_stage(run: Run, split: str, out: str) -> dict:
     from pipelines.evaluate import evaluate
 
     config = replace(run.config, evaluation=replace(run.config.evaluation, split=split, alphas=grid(run.config)))
-    return {"scores": str(evaluate(config, out, providers(run), run.path("dataset")))}
+    return {"scores": str(evaluate(config, out, run_methods(run), run.path("dataset")))}
 
 
 def grid(config) -> tuple[float, ...]:
@@ -133,7 +132,7 @@ def best_alphas(scores: str) -> dict[str, float]:
     return {method: alpha for method, (_, alpha) in best.items()}
 
 
-def report(run: Run, chosen: dict[str, float], chosen_on: str) -> dict:
+def report_stage(run: Run, chosen: dict[str, float], chosen_on: str) -> dict:
     """Figures and report.md (written locally, then uploaded for a URL run) and RUN/results.json."""
     import numpy as np
 
@@ -182,31 +181,27 @@ def print_results(results: dict) -> None:
 
 def run_experiment(config, run_dir: str) -> str:
     """Run (or resume) every stage of `config` into `run_dir`; returns the run directory."""
-    import ray
-
     from karaoke.config import config_from_dict, save_config
     from karaoke.dataset import DatasetError, split_files
     from karaoke.storage import is_url, join, read_json
+    from pipelines.ray_runtime import connect
 
     root = run_dir if is_url(run_dir) else os.path.abspath(run_dir)
     run = Run(root, config)
     save_config(config, run.path("config.yaml"))
-    if not sys.stderr.isatty():
-        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    if not ray.is_initialized():
-        ray.init()
+    connect()
     start = time.perf_counter()
 
-    run_stage(run, "prepare", 1, lambda: check_dataset(run), lambda: prepare(run))
+    run_stage(run, "prepare", 1, lambda: check_dataset(run), lambda: prepare_stage(run))
     if config.tune.num_samples > 0:
-        record = run_stage(run, "tune", 2, lambda: check_tune(run), lambda: tune(run))
+        record = run_stage(run, "tune", 2, lambda: check_tune(run), lambda: tune_stage(run))
         run = Run(root, config_from_dict(record["best_config"], source=run.path("stages", "tune.json")))
     else:
-        print(f"\n[2/{len(SECTIONS)}] tune: skipped (tune.num_samples is 0)")
-    run_stage(run, "dnn", 3, lambda: check_dnn(run), lambda: train_dnn(run))
-    run_stage(run, "nmf", 4, lambda: check_nmf(run), lambda: train_nmf(run))
+        print(f"\n[2/{len(STAGE_SECTIONS)}] tune: skipped (tune.num_samples is 0)")
+    run_stage(run, "dnn", 3, lambda: check_dnn(run), lambda: dnn_stage(run))
+    run_stage(run, "nmf", 4, lambda: check_nmf(run), lambda: nmf_stage(run))
 
-    methods = [m for m, _ in providers(run)]
+    methods = [m for m, _ in run_methods(run)]
     alphas = grid(run.config)
     split = run.config.evaluation.split
     try:
@@ -215,27 +210,17 @@ def run_experiment(config, run_dir: str) -> str:
         has_valid = False
     if has_valid:
         valid = run.path("valid")
-        run_stage(run, "alpha", 5, lambda: check_scores(join(valid, "scores"), methods, alphas), lambda: score(run, "valid", valid))
+        run_stage(run, "alpha", 5, lambda: check_scores(join(valid, "scores"), methods, alphas), lambda: scores_stage(run, "valid", valid))
         chosen, chosen_on = best_alphas(join(valid, "scores")), "valid"
     else:
-        print(f"\n[5/{len(SECTIONS)}] alpha: no separate validation songs; the alpha is chosen on {split}")
-    run_stage(run, "evaluate", 6, lambda: check_scores(run.path("scores"), methods, alphas), lambda: score(run, split, run.root))
+        print(f"\n[5/{len(STAGE_SECTIONS)}] alpha: no separate validation songs; the alpha is chosen on {split}")
+    run_stage(run, "evaluate", 6, lambda: check_scores(run.path("scores"), methods, alphas), lambda: scores_stage(run, split, run.root))
     if not has_valid:
         chosen, chosen_on = best_alphas(run.path("scores")), split
     print(f"  best alpha per method ({SELECTION_METRIC}, {chosen_on} split): {chosen}")
-    run_stage(run, "report", 7, lambda: check_report(run), lambda: report(run, chosen, chosen_on))
+    run_stage(run, "report", 7, lambda: check_report(run), lambda: report_stage(run, chosen, chosen_on))
 
     print_results(read_json(run.path("results.json")))
     print(f"\nrun directory: {root}  ({time.perf_counter() - start:.0f} s)")
     print(f"report: {run.path('report', 'report.md')}")
     return root
-
-
-def main(argv: list[str] | None = None) -> None:
-    from karaoke.cli import entry_point
-
-    entry_point(["run"], argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -9,18 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-# Config sections each stage's outputs depend on: a change there makes a rerun redo the stage.
-DATA = ("corpus", "stft", "windows")
-SECTIONS = {
-    "prepare": DATA,
-    "tune": (*DATA, "dnn", "train", "nmf", "evaluation", "tune"),
-    "dnn": (*DATA, "dnn", "train"),
-    "nmf": (*DATA, "nmf"),
-    "alpha": (*DATA, "dnn", "train", "nmf", "evaluation"),
-    "evaluate": (*DATA, "dnn", "train", "nmf", "evaluation"),
-    "report": (*DATA, "dnn", "train", "nmf", "evaluation"),
-}
-
 
 @dataclass(frozen=True)
 class Run:
@@ -36,9 +24,9 @@ class Run:
 
 
 def digest(config, stage: str) -> str:
-    from karaoke.config import config_digest
+    from karaoke.config import STAGE_SECTIONS, config_digest
 
-    return config_digest(config, *SECTIONS[stage])
+    return config_digest(config, *STAGE_SECTIONS[stage])
 
 
 def finished(run: Run, stage: str, check: Callable[[], str]) -> dict | None:
@@ -62,7 +50,9 @@ def run_stage(run: Run, stage: str, number: int, check: Callable[[], str], work:
     """Run `work` unless the stage finished before; record it. Returns the stage's record."""
     from karaoke.storage import write_json
 
-    print(f"\n[{number}/{len(SECTIONS)}] {stage}", flush=True)
+    from karaoke.config import STAGE_SECTIONS
+
+    print(f"\n[{number}/{len(STAGE_SECTIONS)}] {stage}", flush=True)
     record = finished(run, stage, check)
     if record is not None:
         return record
@@ -84,8 +74,8 @@ def run_stage(run: Run, stage: str, number: int, check: Callable[[], str], work:
 
 
 def check_dataset(run: Run) -> str:
-    from karaoke.dataset import DATA_SECTIONS, DatasetError, load_manifest
-    from karaoke.config import config_digest
+    from karaoke.config import DATA_SECTIONS, config_digest
+    from karaoke.dataset import DatasetError, load_manifest
     from karaoke.storage import open_fs
 
     dataset = run.path("dataset")
@@ -102,10 +92,10 @@ def check_dataset(run: Run) -> str:
 
 
 def check_dnn(run: Run) -> str:
+    from karaoke.checkpoint import latest_checkpoint
     from karaoke.errors import CheckpointError
     from karaoke.models.dnn import load_dnn
     from karaoke.storage import local_copy
-    from pipelines.train_dnn import latest_checkpoint
 
     last = latest_checkpoint(run.path("dnn"))
     if last is None:
@@ -164,7 +154,6 @@ def guard(run: Run, folder: str, model: dict[str, Any]) -> None:
     define it, by section), instead of resuming from or overwriting it."""
     import yaml
 
-    from karaoke.config import config_to_dict
     from karaoke.errors import CheckpointError
     from karaoke.storage import join, open_fs
 
@@ -173,8 +162,7 @@ def guard(run: Run, folder: str, model: dict[str, Any]) -> None:
         return
     with fs.open(path, "rb") as handle:
         before = yaml.safe_load(handle.read()) or {}
-    now = config_to_dict(run.config)
-    changed = [key for key, value in model.items() if _pick(before, key) != value or _pick(now, key) != value]
+    changed = [key for key, value in model.items() if _pick(before, key) != value]
     if changed:
         raise CheckpointError(
             f"{folder}: holds training of another model ({', '.join(changed)} differ from this config); "

@@ -1,9 +1,8 @@
 """Ray Train job: the paper's mask DNN trained data-parallel on a prepared dataset.
 
-    python -m pipelines.train_dnn --config configs/demo.yaml --data DATASET --out RUN_DIR [--resume]
-    karaoke train dnn ...                      (the same command)
+    karaoke train dnn --config configs/demo.yaml --data DATASET --out RUN_DIR [--resume]
 
-A `TorchTrainer` runs `train_loop_per_worker` on `train.num_workers` workers (DDP; gloo on CPU,
+A `TorchTrainer` runs `train_loop_per_worker` on `resources.dnn.num_workers` workers (DDP; gloo on CPU,
 NCCL and bfloat16 autocast on GPU). Each worker reads its shard of the train windows with Ray Data
 (`get_dataset_shard("train")`, per-worker batch = global batch // world size) and of the valid
 windows for the per-epoch metrics (loss and mask accuracy, summed over workers with all_reduce).
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +22,6 @@ if TYPE_CHECKING:
     import ray.data
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_PREFIX = "epoch_"
 
 
 @dataclass(frozen=True)
@@ -59,6 +55,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
+    from karaoke.checkpoint import epoch_folder
     from karaoke.config import config_from_dict
     from karaoke.models.dnn import (
         build_model,
@@ -126,22 +123,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.train.report(
                     metrics,
                     checkpoint=ray.train.Checkpoint.from_directory(directory),
-                    checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{epoch:04d}",
+                    checkpoint_dir_name=epoch_folder(epoch),
                 )
         else:
             ray.train.report(metrics)
-
-
-def latest_checkpoint(run_dir: str) -> str | None:
-    """The last complete epoch checkpoint in a run directory (local or s3://), or None."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(run_dir)
-    cards = sorted(fs.glob(f"{root.rstrip('/')}/{CHECKPOINT_PREFIX}*/checkpoint.json"))
-    if not cards:
-        return None
-    folder = cards[-1].rsplit("/", 1)[0]
-    return folder if "://" not in run_dir else f"{run_dir.split('://', 1)[0]}://{folder}"
 
 
 def shuffled_train_windows(dataset: str, seed: int) -> "ray.data.Dataset":
@@ -153,7 +138,7 @@ def shuffled_train_windows(dataset: str, seed: int) -> "ray.data.Dataset":
     once, then materialised (float16, spilled to disk by Ray when large): every epoch streams from
     the object store instead of re-reading the Parquet shards, in an order the local buffer varies.
     """
-    from pipelines.prepare import read_windows_dataset
+    from pipelines.ray_runtime import read_windows_dataset
 
     return read_windows_dataset(dataset, "train").select_columns(["mixture", "ibm"]).random_shuffle(seed=seed).materialize()
 
@@ -166,26 +151,24 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
     none but it is), or when they come from another stft/windows/dnn config.
     """
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
+    from karaoke.checkpoint import latest_checkpoint
     from karaoke.config import config_to_dict, save_config
     from karaoke.dataset import DatasetError, check_dataset_fits
     from karaoke.errors import CheckpointError
     from karaoke.models.dnn import TrainingError
-    from karaoke.storage import join
-    from pipelines.prepare import read_windows_dataset, train_storage
+    from karaoke.storage import is_url, join
+    from pipelines.ray_runtime import connect, make_trainer, read_windows_dataset, unwrap_error
 
     check_dataset_fits(config, dataset)
-    if "://" not in run_dir:
+    if not is_url(run_dir):
         run_dir = os.path.abspath(run_dir)
     last = latest_checkpoint(run_dir)
     if last and not resume:
         raise CheckpointError(f"{run_dir}: already holds checkpoints (last {last}); pass --resume or choose another --out")
     if resume and not last:
         raise CheckpointError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
-    if not ray.is_initialized():
-        ray.init()
+    connect()
     ray.data.DataContext.get_current().enable_progress_bars = False
     save_config(config, join(run_dir, "config.yaml"))
 
@@ -194,42 +177,18 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
         datasets["valid"] = read_windows_dataset(dataset, "valid").select_columns(["mixture", "ibm"]).materialize()
     except DatasetError:
         log.warning("%s has no validation windows; reporting training metrics only", dataset)
-    storage, name = run_dir.rstrip("/").rsplit("/", 1)
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         train_loop_per_worker,
-        train_loop_config={"config": config_to_dict(config), "resume_from": last, "has_valid": "valid" in datasets},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.train.num_workers,
-            use_gpu=config.train.use_gpu,
-            resources_per_worker={"GPU": 1, "CPU": config.train.cpus_per_worker}
-            if config.train.use_gpu
-            else {"CPU": config.train.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            **train_storage(storage),
-            failure_config=ray.train.FailureConfig(max_failures=config.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
-            # s3:// credentials and endpoint from the driver, for workers of a cluster started without them
-            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}},
-        ),
-        datasets=datasets,
+        {"config": config_to_dict(config), "resume_from": last, "has_valid": "valid" in datasets},
+        config.resources.dnn,
+        run_dir,
+        datasets,
     )
     try:
         result = trainer.fit()
     except Exception as exc:  # a worker's TrainingError arrives wrapped in Ray's error with its traceback
-        found = re.search(r"TrainingError: (.+)", str(exc))
-        if found:
-            raise TrainingError(found.group(1).strip()) from None
+        error = unwrap_error(exc, TrainingError)
+        if error is not None:
+            raise error from None
         raise
     return TrainResult(result.checkpoint.path if result.checkpoint else None, dict(result.metrics or {}))
-
-
-def main(argv: list[str] | None = None) -> None:
-    from karaoke.cli import entry_point
-
-    entry_point(["train", "dnn"], argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,14 +1,13 @@
 """Ray Train job: the NMF baseline's bases learned as distributed KL-NMF.
 
-    python -m pipelines.train_nmf --config configs/demo.yaml --data DATASET --out RUN_DIR [--resume]
-    karaoke train nmf ...                     (the same command)
+    karaoke train nmf --config configs/demo.yaml --data DATASET --out RUN_DIR [--resume]
 
 Each worker holds a shard of the training windows (columns: those whose key is its rank modulo the
 number of workers) and its own activations H; every iteration the workers allreduce the W update's
 numerator and denominator (gloo on CPU, NCCL on GPU), so all hold the same W and the fit equals single-process NMF (`karaoke.models.nmf.fit_nmf`). Rank 0
 prints the KL divergence of every iteration, and every `nmf.checkpoint_every` iterations reports it
 with a checkpoint of W, the iteration and the objective so far; a failed worker group is restarted
-from the latest checkpoint (`nmf.max_failures`), and `--resume` continues a stopped run.
+from the latest checkpoint (`resources.nmf.max_failures`), and `--resume` continues a stopped run.
 
 RUN_DIR gets `config.yaml`, `bases/` (the final W, a `karaoke.checkpoint` folder of kind "nmf"),
 `objective.json` (KL divergence and seconds per iteration) and `ray/` (Ray Train's run storage).
@@ -126,19 +125,16 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> st
     returns `run_dir/bases`.
 
     `train_ds` has `song_id`, `start_frame`, `vocals` and `accompaniment` (n_bins, T) columns (as
-    `pipelines.prepare.read_windows_dataset` gives). Needs a connected Ray.
+    `pipelines.ray_runtime.read_windows_dataset` gives). Needs a connected Ray.
     """
-    import os
-
     import ray.data
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from karaoke.checkpoint import load_checkpoint
-    from karaoke.config import config_to_dict, save_config
+    from karaoke.config import CHECKPOINT_SECTIONS, config_to_dict, save_config
     from karaoke.errors import KaraokeError
     from karaoke.storage import exists, is_url, join, upload_folder, write_json
-    from pipelines.prepare import train_storage
+    from pipelines.ray_runtime import make_trainer
 
     run_dir = str(run_dir) if is_url(run_dir) else str(Path(run_dir).resolve())
     storage = join(run_dir, "ray")
@@ -149,24 +145,15 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> st
         raise KaraokeError(f"{run_dir}: no NMF run to resume (nothing under {join(storage, RUN_NAME)})")
     ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     save_config(config, join(run_dir, "config.yaml"))
-    nmf = config.nmf
-    trainer = TorchTrainer(
+    # Same name and storage: Train restores the run's latest checkpoint when it is started again.
+    trainer = make_trainer(
         train_loop,
-        train_loop_config={"config": config_to_dict(config)},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=nmf.num_workers, use_gpu=nmf.use_gpu, resources_per_worker={"CPU": nmf.cpus_per_worker}
-        ),
-        datasets={"train": train_ds.select_columns(COLUMNS)},
+        {"config": config_to_dict(config)},
+        config.resources.nmf,
+        join(storage, RUN_NAME),
+        {"train": train_ds.select_columns(COLUMNS)},
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
-        # Same name and storage: Train restores the run's latest checkpoint when it is started again.
-        run_config=ray.train.RunConfig(
-            name=RUN_NAME,
-            **train_storage(storage),
-            failure_config=ray.train.FailureConfig(max_failures=nmf.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            # s3:// credentials and endpoint from the driver, for workers of a cluster started without them
-            worker_runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}},
-        ),
+        num_to_keep=2,
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -175,7 +162,7 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> st
     # written last, carries the digest of the tensors).
     with tempfile.TemporaryDirectory(prefix="karaoke-bases-") as staging:
         result.checkpoint.to_directory(staging)
-        _, _, card = load_checkpoint(staging, "nmf", config, ("stft", "windows"))
+        _, _, card = load_checkpoint(staging, "nmf", config, CHECKPOINT_SECTIONS["nmf"])
         bases = join(run_dir, "bases")
         if is_url(run_dir):
             upload_folder(staging, bases, last="checkpoint.json")
@@ -191,26 +178,10 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> st
 
 def train_nmf(config, dataset: str, run_dir: str, resume: bool = False) -> str:
     """The command: read the dataset's train windows and fit; returns the bases folder."""
-    import os
+    from pipelines.ray_runtime import connect, read_windows_dataset
 
-    import ray
-
-    from pipelines.prepare import read_windows_dataset
-
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    if not ray.is_initialized():
-        ray.init()
+    connect()
     start = time.perf_counter()
     bases = fit_bases(config, read_windows_dataset(dataset, "train"), run_dir, resume=resume)
     log.info("NMF bases in %s (%.1f s)", bases, time.perf_counter() - start)
     return bases
-
-
-def main(argv: list[str] | None = None) -> None:
-    from karaoke.cli import entry_point
-
-    entry_point(["train", "nmf"], argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,7 @@
 """Ray Tune job: a hyper-parameter search over the mask DNN (or the NMF baseline) in which every
 trial is scored on the validation songs over the whole alpha grid.
 
-    python -m pipelines.tune --config configs/demo.yaml --data DATASET --out RUN/tune [--set k=v]
-    karaoke tune ...                          (the same command)
+    karaoke tune --config configs/demo.yaml --data DATASET --out RUN/tune [--set k=v]
 
 The config's `tune` section (`karaoke.config.TuneConfig`) gives the search space (dotted keys of the
 model's sections -> choices), the number of trials, the scheduler and the criterion. Each trial
@@ -123,7 +122,7 @@ def require_state_api() -> None:
 
 def _trial_datasets(config: ExperimentConfig, dataset: str) -> dict:
     """The windows the trials train on, read and materialised once for all of them."""
-    from pipelines.prepare import read_windows_dataset
+    from pipelines.ray_runtime import read_windows_dataset
     from pipelines.train_dnn import shuffled_train_windows
     from pipelines.train_nmf import COLUMNS
 
@@ -167,6 +166,7 @@ def _write_outputs(
     """results.parquet/.csv, then best/ (config, verified `model` checkpoint copy, criterion.json last)."""
     from karaoke.config import save_config
     from karaoke.report import write_scores
+    from karaoke.separator import load_separator
     from karaoke.storage import is_url, json_safe, local_copy, upload_folder
 
     url = is_url(out_dir)
@@ -178,14 +178,7 @@ def _write_outputs(
         best = local / BEST
         with local_copy(checkpoint) as folder:
             shutil.copytree(folder, best / "checkpoint")
-        if model == "dnn":
-            from karaoke.models.dnn import load_dnn
-
-            load_dnn(best / "checkpoint", config)
-        else:
-            from karaoke.models.nmf import load_bases
-
-            load_bases(best / "checkpoint", config)
+        load_separator(model, str(best / "checkpoint"), config)  # verifies the copy
         save_config(config, best / "config.yaml")
         (best / MARKER).write_text(json.dumps(json_safe(document), indent=1, allow_nan=False))
         if url:
@@ -214,7 +207,7 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
     from karaoke.dataset import check_dataset_fits, read_songs
     from karaoke.errors import KaraokeError
     from karaoke.storage import exists, is_url, join
-    from pipelines.prepare import forwarded_env, train_storage
+    from pipelines.ray_runtime import connect, train_storage, worker_env
 
     tune_cfg = config.tune
     if tune_cfg.num_samples == 0:
@@ -228,8 +221,7 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
         raise KaraokeError(
             f"{dataset}: no validation songs to score the trials on; prepare it with corpus.valid_fraction > 0"
         )
-    if not ray.is_initialized():
-        ray.init(include_dashboard=stops_trials(config) or None)
+    connect(include_dashboard=stops_trials(config) or None)
     if stops_trials(config):
         require_state_api()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -240,7 +232,7 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
         datasets=_trial_datasets(config, dataset),
         songs=[ray.put(song) for song in songs],
         out_dir=out_dir,
-        env=forwarded_env(),
+        env=worker_env(),
     )
     bundles = [{"CPU": 0.01}] + [{"CPU": tune_cfg.scoring_cpus}] * tune_cfg.scoring_tasks
     tuner = tune.Tuner(
@@ -285,13 +277,3 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
         f"{best['params']}: {tune_cfg.criterion} {best['metrics']['criterion']:.3f} dB at alpha {config.evaluation.alpha}"
     )
     return TuneOutcome(best_config, join(out_dir, BEST, "checkpoint"), join(out_dir, "results.parquet"))
-
-
-def main(argv: list[str] | None = None) -> None:
-    from karaoke.cli import entry_point
-
-    entry_point(["tune"], argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -56,10 +56,13 @@ def trial_config(config: ExperimentConfig, params: dict[str, Any]) -> Experiment
 
 
 def _probability(method: str, checkpoint: str, song, config: ExperimentConfig):
-    from pipelines.evaluate import torch_threads, vocal_probability
+    """(mixture STFT, vocal probability), each (n_bins, n_frames), of one song under one checkpoint."""
+    from karaoke.separator import load_separator, song_probability
+    from pipelines.evaluate import torch_threads
 
     torch_threads(1)
-    return vocal_probability(method, checkpoint, song, config)
+    features, probability = song_probability(load_separator(method, checkpoint, config), song, config)
+    return features.mixture_stft, probability
 
 
 def _score(song, mixture_stft, probability, alphas: list[float], config: ExperimentConfig) -> list[dict]:
@@ -87,14 +90,13 @@ def score_checkpoint(method: str, checkpoint: str, songs: list, config: Experime
     import ray
 
     from karaoke.metrics import summarise
-    from pipelines.prepare import forwarded_env
+    from pipelines.ray_runtime import task_options
 
     tune_cfg = config.tune
     alphas = scored_alphas(config)
     slices = min(len(alphas), -(-tune_cfg.scoring_tasks // len(songs)))
     chunks = [[float(a) for a in chunk] for chunk in np.array_split(alphas, slices)]
-    env = forwarded_env()  # s3:// checkpoints, on workers started without the driver's AWS_*
-    options = {"num_cpus": tune_cfg.scoring_cpus, "runtime_env": {"env_vars": env} if env else None}
+    options = task_options(tune_cfg.scoring_cpus)
     probability = ray.remote(num_returns=2, **options)(_probability)
     score = ray.remote(**options)(_score)
     config_ref = ray.put(config)
@@ -118,40 +120,29 @@ def _fit(config: ExperimentConfig, datasets: dict, run_dir: str) -> tuple[str, d
     the trials' reservations may leave to nobody on a small machine.
     """
     import ray.train
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from karaoke.config import config_to_dict
     from pipelines import train_dnn, train_nmf
-    from pipelines.prepare import forwarded_env, train_storage
+    from pipelines.ray_runtime import make_trainer
 
     if config.tune.model == "dnn":
         loop, loop_config = train_dnn.train_loop_per_worker, {"resume_from": None, "has_valid": True}
         data_config = ray.train.DataConfig()  # shards of the train and valid windows
-        workers, cpus, gpu, max_failures = (config.train.num_workers, config.train.cpus_per_worker,
-                                            config.train.use_gpu, config.train.max_failures)
+        workers = config.resources.dnn
     else:
         loop, loop_config = train_nmf.train_loop, {}
         data_config = ray.train.DataConfig(datasets_to_split=[])  # each worker keeps its own columns
-        workers, cpus, gpu, max_failures = (config.nmf.num_workers, config.nmf.cpus_per_worker,
-                                            config.nmf.use_gpu, config.nmf.max_failures)
-    storage, name = run_dir.rsplit("/", 1)
-    trainer = TorchTrainer(
+        workers = config.resources.nmf
+    trainer = make_trainer(
         loop,
-        train_loop_config={"config": config_to_dict(config), **loop_config},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": cpus, **({"GPU": 1} if gpu else {})}
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            **train_storage(storage),
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
-            worker_runtime_env={"env_vars": forwarded_env()},
-        ),
-        datasets=datasets,
+        {"config": config_to_dict(config), **loop_config},
+        workers,
+        run_dir,
+        datasets,
         dataset_config=data_config,
+        num_to_keep=1,
+        callbacks=[TuneReportCallback()],
     )
     result = trainer.fit()
     # Train's checkpoint path has no URL scheme on s3: name the folder under run_dir instead.

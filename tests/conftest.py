@@ -38,7 +38,7 @@ def small_config_dict(corpus_root: str, **sections) -> dict:
         "stft": {"n_fft": 512, "hop_length": 128},
         "windows": {"n_frames": 20, "train_hop": 60},
         "dnn": {"hidden_sizes": [64]},
-        "train": {"epochs": 2, "batch_size": 16, "num_workers": 1},
+        "train": {"epochs": 2, "batch_size": 16},
         "nmf": {"n_components": 8, "train_iterations": 10, "test_iterations": 10},
     }
     for section, values in sections.items():

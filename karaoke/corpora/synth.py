@@ -211,21 +211,13 @@ SETTINGS = "synth.json"
 
 
 def _check_settings(out: Path, seconds: float, sample_rate: int) -> None:
-    """The folder's recorded settings (or, in a folder from before they were recorded, the first
-    song's length and rate) must be the asked ones."""
-    import soundfile
-
+    """The folder's recorded settings (`SETTINGS`, written with its songs) must be the asked ones."""
     from karaoke.errors import CorpusError
 
-    if (out / SETTINGS).is_file():
-        found = json.loads((out / SETTINGS).read_text())
-        held = (float(found["seconds"]), int(found["sample_rate"]))
-    else:
-        songs = sorted(out.glob("*/synth_*/vocals.wav"))
-        if not songs:
-            return
-        info = soundfile.info(str(songs[0]))
-        held = (info.frames / info.samplerate, info.samplerate)
+    if not (out / SETTINGS).is_file():
+        return
+    found = json.loads((out / SETTINGS).read_text())
+    held = (float(found["seconds"]), int(found["sample_rate"]))
     if held != (float(seconds), int(sample_rate)):
         raise CorpusError(
             f"{out}: holds synthetic songs of {held[0]:g} s at {held[1]} Hz, but {seconds:g} s at {sample_rate} Hz "

@@ -21,12 +21,11 @@ import torch
 from torch import nn
 
 from karaoke.checkpoint import load_checkpoint, save_checkpoint
-from karaoke.config import ExperimentConfig, TrainConfig
+from karaoke.config import CHECKPOINT_SECTIONS, ExperimentConfig, TrainConfig
 from karaoke.errors import KaraokeError
 
 KIND = "dnn"
 # The config sections that define the network's shape: a checkpoint fits only a config equal in these.
-MODEL_SECTIONS = ("stft", "windows", "dnn")
 OPTIMIZER_PREFIX = "optimizer."
 
 Batch = Mapping[str, Any]
@@ -262,7 +261,7 @@ def load_dnn(
 
     With `config`, a checkpoint trained with other stft/windows/dnn sections is a `CheckpointError`.
     """
-    tensors, stored, card = load_checkpoint(directory, KIND, config, MODEL_SECTIONS)
+    tensors, stored, card = load_checkpoint(directory, KIND, config, CHECKPOINT_SECTIONS[KIND])
     model = build_model(stored)
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)})
     return model.to(device).eval(), stored, card
@@ -273,7 +272,7 @@ def restore_training(
 ) -> dict[str, Any]:
     """Load a checkpoint's weights and optimizer state into `model` and `optimizer` (resume); returns
     the card, whose "epoch" is the last finished epoch."""
-    tensors, _, card = load_checkpoint(directory, KIND, config, MODEL_SECTIONS)
+    tensors, _, card = load_checkpoint(directory, KIND, config, CHECKPOINT_SECTIONS[KIND])
     _unwrap(model).load_state_dict({k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)})
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():

@@ -28,10 +28,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from karaoke.config import ExperimentConfig
+from karaoke.config import CHECKPOINT_SECTIONS, ExperimentConfig
 from karaoke.errors import CheckpointError
 from karaoke.masks import pad_frames, sliding_windows
-from karaoke.mixing import MixedSong
 
 # Floor of W and H, and of the update denominators: keeps W H > 0 (silent input, dead bases), so
 # nothing is NaN. EPS^2 is still a normal float32.
@@ -239,21 +238,6 @@ def nmf_vocal_probability(
     return probability[:, :n_frames]
 
 
-def nmf_separate(
-    song: MixedSong, W_v: torch.Tensor, W_nv: torch.Tensor, config: ExperimentConfig, alpha: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Vocals and accompaniment (n_samples,) of a song separated with NMF bases and alpha (Eq. 2)."""
-    from karaoke.features import song_features
-    from karaoke.separate import masks_to_audio
-
-    features = song_features(song, config)
-    probability = nmf_vocal_probability(
-        features.mixture, W_v, W_nv, config.windows.n_frames, config.nmf.test_iterations, config.nmf.seed
-    )
-    alpha = config.evaluation.alpha if alpha is None else alpha
-    return masks_to_audio(features.mixture_stft, probability, alpha, config.stft, len(song.mixture))
-
-
 def save_bases(directory: str | Path, W: torch.Tensor, config: ExperimentConfig, **extra) -> Path:
     """Checkpoint (kind "nmf") of stacked bases W (2, D, K) = [W_v, W_nv]; `extra` goes on the card."""
     from karaoke.checkpoint import save_checkpoint
@@ -268,7 +252,7 @@ def load_bases(
     """(W_v (D, K), W_nv (D, K), card) of an NMF checkpoint made with the same STFT and windows."""
     from karaoke.checkpoint import load_checkpoint
 
-    tensors, _, card = load_checkpoint(directory, KIND, config, ("stft", "windows"), device=device)
+    tensors, _, card = load_checkpoint(directory, KIND, config, CHECKPOINT_SECTIONS[KIND], device=device)
     try:
         W_v, W_nv = (tensors[f"W_{source}"] for source in SOURCES)
     except KeyError as exc:

@@ -20,7 +20,8 @@ def _config(synth_root: Path, **train):
             str(synth_root),
             corpus={"valid_fraction": 0.3},
             windows={"train_hop": 10},
-            train={"num_workers": 2, "epochs": 1, "optimizer": "adam", "learning_rate": 1e-3, **train},
+            train={"epochs": 1, "optimizer": "adam", "learning_rate": 1e-3, **train},
+            resources={"dnn": {"num_workers": 2}},
         )
     )
 
@@ -51,7 +52,8 @@ def test_two_workers_checkpoint_resume_and_separate(dataset, synth_root, tmp_pat
     from karaoke.dataset import read_songs
     from karaoke.models.dnn import load_dnn
     from karaoke.separate import separate_audio
-    from pipelines.train_dnn import latest_checkpoint, train_dnn
+    from karaoke.checkpoint import latest_checkpoint
+    from pipelines.train_dnn import train_dnn
 
     run_dir = str(tmp_path / "run")
     first = train_dnn(_config(synth_root), dataset, run_dir)
@@ -79,7 +81,7 @@ def test_two_workers_checkpoint_resume_and_separate(dataset, synth_root, tmp_pat
     import soundfile as sf
     from click.testing import CliRunner
 
-    from karaoke.cli import main
+    from karaoke_cli.main import main
 
     sf.write(tmp_path / "song.wav", song.mixture, song.sample_rate, subtype="FLOAT")
     out = tmp_path / "separated"
@@ -94,7 +96,7 @@ def test_run_directory_on_s3_finds_the_last_complete_checkpoint(s3_endpoint, sma
 
     from karaoke.config import save_config
     from karaoke.models.dnn import build_model, save_dnn
-    from pipelines.train_dnn import latest_checkpoint
+    from karaoke.checkpoint import latest_checkpoint
 
     run_dir = "s3://test-bucket/runs/dnn"
     assert latest_checkpoint(run_dir) is None

@@ -23,7 +23,7 @@ import yaml
 
 from tests.ray_head import RAY, private_head
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = REPO / "cluster.yaml"
 
 
@@ -208,7 +208,7 @@ def run_overrides(corpus_root: Path) -> list[str]:
         "corpus.synth_songs=5",
         "corpus.synth_seconds=6",
         "train.epochs=2",
-        "train.num_workers=1",
+        "resources.dnn.num_workers=1",
         "nmf.train_iterations=5",
         "nmf.test_iterations=5",
         "dnn.hidden_sizes=[64]",
@@ -231,7 +231,7 @@ def test_ray_job_submit_runs_the_main_job(tmp_path):
     from karaoke.config import load_config
 
     run_dir = tmp_path / "run"
-    entrypoint = [sys.executable, "-m", "pipelines.run", "--config", "configs/demo.yaml", "--out", str(run_dir)]
+    entrypoint = [sys.executable, "-m", "karaoke_cli", "run", "--config", "configs/demo.yaml", "--out", str(run_dir)]
     for override in run_overrides(tmp_path / "corpus"):
         entrypoint += ["--set", override]
     runtime_env = {

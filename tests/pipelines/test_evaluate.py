@@ -104,10 +104,11 @@ def nmf_checkpoint(config, tmp_path_factory):
 def test_evaluate_command_scores_a_trained_nmf_checkpoint(ray_session, config, nmf_checkpoint, tmp_path):
     from karaoke.config import save_config
     from karaoke.models.nmf import load_bases, nmf_vocal_probability
-    from pipelines.evaluate import main
+    from karaoke_cli.main import main
 
     save_config(config, tmp_path / "config.yaml")
-    main(["--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path), "--nmf", nmf_checkpoint, "--no-ibm"])
+    main(["evaluate", "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path), "--nmf", nmf_checkpoint, "--no-ibm"],
+         standalone_mode=False)
     rows = read_scores(tmp_path / "scores" / "scores.parquet")
     songs = list_songs(config.corpus, "train")
     assert len(rows) == len(songs) * 3

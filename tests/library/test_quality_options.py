@@ -11,7 +11,7 @@ from karaoke.features import remix, remix_partners, song_features, song_training
 from karaoke.masks import alpha_masks
 from karaoke.mixing import MixedSong
 from karaoke.models.dnn import build_model
-from karaoke.separate import masks_to_audio
+from karaoke.masks import masks_to_audio
 from karaoke.spectral import stft
 
 
@@ -143,31 +143,34 @@ def test_remix_partners_are_other_songs_and_stable():
 def test_song_training_rows_add_the_remixed_windows_after_the_songs_own():
     config = _config(windows={"remixes": 2})
     song, partners = _song("a_1_01", 1.0, 0), [_song("b_2_02", 1.5, 1), _song("c_3_03", 0.5, 2)]
-    rows = song_training_rows(song, config, partners)
     own = training_rows(song_features(song, config), config)
+    rows = song_training_rows(song, song_features(song, config), config, partners)
     n = len(own["start_frame"])
     assert np.array_equal(rows["remix"], np.repeat([0, 1, 2], n))
     for key in own:
         assert np.array_equal(rows[key][:n], own[key])
         assert rows[key].shape[1:] == own[key].shape[1:]
     assert not np.array_equal(rows["mixture"][n : 2 * n], own["mixture"])
-    plain = song_training_rows(song, _config())
+    plain = song_training_rows(song, song_features(song, _config()), _config())
     assert np.array_equal(plain["mixture"], own["mixture"]) and not plain["remix"].any()
 
 
 def test_prepare_song_writes_the_remixed_windows_of_training_songs_only(tmp_path, synth_root):
     from karaoke.corpora import list_songs
-    from karaoke.dataset import prepare_song, read_windows, remix_partner_songs, write_manifest
+    from karaoke.dataset import read_windows
+    from karaoke.preparation import prepare_song, remix_partner_songs, write_manifest
     from tests.conftest import small_config_dict
 
     config = config_from_dict(small_config_dict(str(synth_root), windows={"remixes": 2}))
     songs = list_songs(config.corpus)
     dataset = str(tmp_path / "ds")
-    statuses = [prepare_song(song, config, dataset) for song in songs]
+    train_songs = [s for s in songs if s.split == "train"]
+    statuses = [prepare_song(song, config, dataset, remix_partner_songs(song, train_songs, config)) for song in songs]
     write_manifest(dataset, config, statuses)
-    train = next(s for s in songs if s.split == "train")
+    train = train_songs[0]
     mixed = train.load(16000, config.corpus.mixing)
-    expected = song_training_rows(mixed, config, remix_partner_songs(train, config))
+    partners = [p.load(16000, config.corpus.mixing) for p in remix_partner_songs(train, train_songs, config)]
+    expected = song_training_rows(mixed, song_features(mixed, config), config, partners)
     windows = read_windows(dataset, "train", columns=["song_id", "mixture", "ibm"])
     mine = windows["song_id"] == train.song_id
     own = training_rows(song_features(mixed, config), config)
@@ -175,6 +178,6 @@ def test_prepare_song_writes_the_remixed_windows_of_training_songs_only(tmp_path
     np.testing.assert_allclose(windows["mixture"][mine], expected["mixture"], rtol=1e-3, atol=1e-4)  # float16 on disk
     np.testing.assert_array_equal(windows["ibm"][mine], expected["ibm"])
     test_song = next(s for s in songs if s.split == "test")
-    assert remix_partner_songs(test_song, config) == []
+    assert remix_partner_songs(test_song, train_songs, config) == []
     n_test = len(training_rows(song_features(test_song.load(16000, config.corpus.mixing), config), config)["mixture"])
     assert len(read_windows(dataset, "test", columns=["song_id"])["song_id"]) == n_test

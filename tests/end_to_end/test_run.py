@@ -119,7 +119,7 @@ def test_killed_driver_then_the_same_command_resumes_training(ray_session, synth
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(run_config(synth_root, train={"epochs": 12})))
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "pipelines.run", "--config", str(config_path), "--out", str(run_dir)]
+    command = [sys.executable, "-m", "karaoke_cli", "run", "--config", str(config_path), "--out", str(run_dir)]
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, RAY_AUTH_MODE="token")
     driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     card = run_dir / "dnn" / "epoch_0002" / "checkpoint.json"

@@ -11,8 +11,8 @@ from karaoke.bss_engine import FramewiseReferences, References, bss_eval
 from karaoke.config import config_from_dict
 from karaoke.corpora import list_songs
 from karaoke.mixing import MixedSong
-from karaoke.oracle import ibm_separate
-from karaoke.separate import masks_to_audio
+from karaoke.separator import IdealBinaryMask, separate_song
+from karaoke.masks import masks_to_audio
 
 TOLERANCE_DB = 1e-6
 
@@ -68,7 +68,7 @@ def _soft_estimates(song: MixedSong, config, alphas) -> np.ndarray:
 def test_agrees_with_mir_eval_on_real_songs(corpus, request):
     config, song = request.getfixturevalue(corpus)
     references = np.stack([song.vocals, song.accompaniment])
-    estimates = np.concatenate([np.stack(ibm_separate(song, config))[None], _soft_estimates(song, config, [0.2, 0.7])])
+    estimates = np.concatenate([np.stack(separate_song(IdealBinaryMask(), song, config, 0.5))[None], _soft_estimates(song, config, [0.2, 0.7])])
     fast = np.stack(References(references).score(estimates), axis=1)  # (n_est, 3, 2)
     for est, scores in zip(estimates, fast):
         expected = _mir_eval(references, est)
@@ -88,7 +88,7 @@ def test_near_silent_reference(mir1k):
             song.song_id, song.split, song.sample_rate, vocals + song.accompaniment, vocals, song.accompaniment
         )
         references = np.stack([variant.vocals, variant.accompaniment])
-        estimates = np.stack(ibm_separate(variant, config))
+        estimates = np.stack(separate_song(IdealBinaryMask(), variant, config, 0.5))
         fast = np.array(bss_eval(references, estimates))
         np.testing.assert_allclose(fast, _mir_eval(references, estimates), rtol=0, atol=TOLERANCE_DB)
 
@@ -107,7 +107,7 @@ def test_silent_estimate_is_nan_and_the_other_source_is_still_scored(mir1k):
 
     config, song = mir1k
     references = np.stack([song.vocals, song.accompaniment]).astype(np.float64)
-    _, accompaniment = ibm_separate(song, config)
+    _, accompaniment = separate_song(IdealBinaryMask(), song, config, 0.5)
     estimates = np.stack([np.zeros_like(accompaniment), accompaniment])
     sdr, sir, sar = bss_eval(references, estimates)
     assert np.isnan([sdr[0], sir[0], sar[0]]).all()

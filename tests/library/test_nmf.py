@@ -10,13 +10,12 @@ import torch
 
 from karaoke.config import config_from_dict
 from karaoke.errors import CheckpointError
-from karaoke.masks import overlap_average
+from tests.reference import overlap_average
 from karaoke.models.nmf import (
     column_uniform,
     fit_activations,
     fit_nmf,
     load_bases,
-    nmf_separate,
     nmf_vocal_probability,
     save_bases,
     unpack_windows,
@@ -143,11 +142,13 @@ def test_soft_mask_is_overlap_average_and_chunk_independent():
 def test_learned_bases_beat_the_mixture(training_matrix, nmf_config):
     from karaoke.corpora import list_songs
     from karaoke.metrics import bss_eval_mir_eval
+    from karaoke.separator import NmfSeparator, separate_song
 
     V, keys = training_matrix
     W, _, _ = fit_nmf(V, keys, 8, 30, seed=0)
     song = list_songs(nmf_config.corpus, "test")[0].load(16000, "paper")
-    vocals, accompaniment = nmf_separate(song, W[0], W[1], nmf_config)
+    separator = NmfSeparator(W[0], W[1], nmf_config.windows.n_frames, nmf_config.nmf.test_iterations, nmf_config.nmf.seed)
+    vocals, accompaniment = separate_song(separator, song, nmf_config)
     references = np.stack([song.vocals, song.accompaniment])
     separated = bss_eval_mir_eval(references, np.stack([vocals, accompaniment]))
     unprocessed = bss_eval_mir_eval(references, np.stack([song.mixture, song.mixture]))

@@ -68,9 +68,10 @@ def run(config_path: str, overrides: tuple[str, ...], run_dir: str | None) -> No
 @click.option("--strict", is_flag=True, help="Stop at the first song that fails instead of recording it.")
 def prepare(config_path: str, overrides: tuple[str, ...], dataset: str, strict: bool) -> None:
     """Prepare a corpus into Parquet shards with Ray Data; exit status = number of failed songs."""
-    from pipelines.prepare import run as run_prepare
+    from karaoke.config import load_config
+    from pipelines.prepare import prepare_job
 
-    sys.exit(run_prepare(config_path, overrides, dataset, strict))
+    sys.exit(prepare_job(load_config(config_path, overrides), dataset, strict))
 
 
 @main.command("check-config")
@@ -86,7 +87,7 @@ def check_config(config_path: str, overrides: tuple[str, ...]) -> None:
 
 
 data_option = click.option(
-    "--data", "dataset", required=True, help="Prepared dataset (folder or s3:// URL, see `pipelines.prepare`)."
+    "--data", "dataset", required=True, help="Prepared dataset (folder or s3:// URL, see `karaoke prepare`)."
 )
 resume_option = click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
 
@@ -157,7 +158,7 @@ def separate(
     inputs: tuple[str, ...], model_dir: str, alpha: float, out_dir: str, chunk_seconds: float, precision: str
 ) -> None:
     """Separate audio files (or folders of them) into OUT/<name>/vocals.wav and accompaniment.wav."""
-    from karaoke.separate import separate_files
+    from karaoke_cli.separate import separate_files
 
     files = separate_files(inputs, model_dir, alpha, out_dir, chunk_seconds=chunk_seconds, progress=True, precision=precision)
     for path in files:
@@ -177,10 +178,10 @@ def evaluate(
 ) -> None:
     """Score checkpoints (and the IBM) over the alpha grid on evaluation.split, in parallel Ray tasks."""
     from karaoke.config import load_config
-    from pipelines.evaluate import evaluate_on_ray, parse_providers
+    from pipelines.evaluate import evaluate_on_ray, parse_methods
 
     config = load_config(config_path, overrides)
-    click.echo(f"wrote {evaluate_on_ray(config, run_dir, parse_providers(list(dnn), list(nmf), ibm), dataset)}")
+    click.echo(f"wrote {evaluate_on_ray(config, run_dir, parse_methods(list(dnn), list(nmf), ibm), dataset)}")
 
 
 @main.command()
@@ -191,16 +192,3 @@ def report(run_dir: str) -> None:
 
     click.echo(f"wrote {write_report(run_dir)}")
 
-
-def entry_point(command: list[str], argv: list[str] | None) -> None:
-    """`python -m pipelines.X ARGS` is `karaoke COMMAND ARGS`, run through the group so that a
-    `KaraokeError` prints as one line there too."""
-    try:
-        main.main(args=[*command, *(sys.argv[1:] if argv is None else argv)], prog_name="karaoke")
-    except SystemExit as exc:
-        if exc.code not in (0, None):  # click ends every command with an exit; only failures propagate
-            raise
-
-
-if __name__ == "__main__":
-    main()

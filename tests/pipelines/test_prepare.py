@@ -17,7 +17,7 @@ import pytest
 from karaoke.config import config_from_dict, save_config
 from karaoke.dataset import load_manifest, read_songs, read_windows
 from karaoke.features import song_features, training_rows
-from karaoke.spectral import n_frames_for
+from tests.reference import n_frames_for
 from tests.conftest import REPO, small_config_dict
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -67,7 +67,7 @@ def test_synth_rows_match_song_lengths_and_library(prepared_synth, small_config)
 
 
 def test_ray_reader_gives_tensors_of_window_shape(prepared_synth):
-    from pipelines.prepare import read_windows_dataset
+    from pipelines.ray_runtime import read_windows_dataset
 
     dataset, manifest = prepared_synth
     ds = read_windows_dataset(dataset, "train")
@@ -92,7 +92,8 @@ def test_rerun_skips_done_songs(prepared_synth, small_config):
 
 def test_corrupt_file_is_reported_and_strict_stops(tmp_path, synth_root, small_config):
     from karaoke.dataset import DatasetError
-    from pipelines.prepare import prepare_dataset, run
+    from karaoke.config import load_config
+    from pipelines.prepare import prepare_dataset, prepare_job
 
     corpus = tmp_path / "corpus"
     shutil.copytree(synth_root, corpus)
@@ -101,7 +102,7 @@ def test_corrupt_file_is_reported_and_strict_stops(tmp_path, synth_root, small_c
     config_path = tmp_path / "config.yaml"
     save_config(config_from_dict(small_config_dict(str(corpus))), config_path)
     dataset = str(tmp_path / "ds")
-    assert run(str(config_path), (), dataset) == 1
+    assert prepare_job(load_config(config_path), dataset) == 1
     manifest = load_manifest(dataset)
     failed = [s for s in manifest["songs"] if s["status"] != "ok"]
     assert [s["song_id"] for s in failed] == ["synth_000_0002"] and str(broken) in failed[0]["reason"]
@@ -114,8 +115,8 @@ def test_corrupt_file_is_reported_and_strict_stops(tmp_path, synth_root, small_c
 KILLED_RUN = """
 import sys, ray
 ray.init(address="local", num_cpus=1, include_dashboard=False)
-from pipelines.prepare import main
-main(["--config", sys.argv[1], "--out", sys.argv[2]])
+from karaoke_cli.main import main
+main(["prepare", "--config", sys.argv[1], "--out", sys.argv[2]])
 """
 
 
@@ -153,7 +154,8 @@ def test_killed_run_then_rerun_gives_the_rows_of_an_uninterrupted_run(tmp_path, 
 def test_s3_corpus_to_s3_dataset_matches_local(s3_endpoint, synth_root, small_config, prepared_synth):
     import s3fs
 
-    from pipelines.prepare import prepare_dataset, read_windows_dataset
+    from pipelines.prepare import prepare_dataset
+    from pipelines.ray_runtime import read_windows_dataset
 
     fs = s3fs.S3FileSystem()
     fs.put(str(synth_root), "test-bucket/corpus/synth", recursive=True)

@@ -19,8 +19,9 @@ pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 NMF = {"n_components": 6, "train_iterations": 6, "checkpoint_every": 3, "seed": 1}
 
 
-def nmf_config(synth_root, **nmf):
-    return config_from_dict(small_config_dict(str(synth_root), windows={"train_hop": 15}, nmf={**NMF, **nmf}))
+def nmf_config(synth_root, num_workers=1, **nmf):
+    return config_from_dict(small_config_dict(str(synth_root), windows={"train_hop": 15}, nmf={**NMF, **nmf},
+                                              resources={"nmf": {"num_workers": num_workers}}))
 
 
 @pytest.fixture(scope="module")
@@ -68,20 +69,20 @@ def test_one_worker_run_matches_single_process_fit(one_worker_run, dataset, synt
 def test_two_workers_give_the_same_bases(one_worker_run, dataset, synth_root, tmp_path):
     from click.testing import CliRunner
 
-    from karaoke.cli import main
+    from karaoke_cli.main import main
 
     config_path = tmp_path / "nmf.yaml"
     save_config(nmf_config(synth_root), config_path)
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(
         main,
-        ["train", "nmf", "--config", str(config_path), "--set", "nmf.num_workers=2", "--data", dataset, "--out", str(run_dir)],
+        ["train", "nmf", "--config", str(config_path), "--set", "resources.nmf.num_workers=2", "--data", dataset, "--out", str(run_dir)],
     )
     assert result.exit_code == 0, result.output
     config = nmf_config(synth_root)
     one_v, one_nv, _ = load_bases(one_worker_run[1], config)
     two_v, two_nv, card = load_bases(run_dir / "bases", config)
-    assert card["config"]["nmf"]["num_workers"] == 2
+    assert card["config"]["resources"]["nmf"]["num_workers"] == 2
     assert relative_difference(two_v, one_v) < 1e-4 and relative_difference(two_nv, one_nv) < 1e-4
     one_kl = json.loads((one_worker_run[0] / "objective.json").read_text())
     two_kl = json.loads((run_dir / "objective.json").read_text())

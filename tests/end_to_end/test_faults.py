@@ -97,7 +97,7 @@ def _kill_one_worker_and_see_restart(run: Path, job: Future) -> str:
 # --- worker loss in DNN training ----------------------------------------------------------------
 
 
-def _dnn_config(synth_root: Path, **train):
+def _dnn_config(synth_root: Path, max_failures: int = 1, **train):
     # Windows every 2 frames and a 256-unit layer: seconds per epoch, so a kill lands mid-run.
     return config_from_dict(
         small_config_dict(
@@ -105,8 +105,8 @@ def _dnn_config(synth_root: Path, **train):
             corpus={"valid_fraction": 0.3},
             windows={"train_hop": 2},
             dnn={"hidden_sizes": [256]},
-            train={"num_workers": 2, "epochs": 3, "optimizer": "adam", "learning_rate": 1e-3, "max_failures": 1,
-                   **train},
+            train={"epochs": 3, "optimizer": "adam", "learning_rate": 1e-3, **train},
+            resources={"dnn": {"num_workers": 2, "max_failures": max_failures}},
         )
     )
 
@@ -173,7 +173,8 @@ def test_nmf_worker_killed_mid_fit_restarts_from_last_checkpoint(dnn_dataset, sy
             str(synth_root),
             corpus={"valid_fraction": 0.3},
             windows={"train_hop": 2},
-            nmf={"n_components": 8, "train_iterations": 24, "checkpoint_every": 4, "num_workers": 2, "max_failures": 1},
+            nmf={"n_components": 8, "train_iterations": 24, "checkpoint_every": 4},
+            resources={"nmf": {"num_workers": 2, "max_failures": 1}},
         )
     )
     run = tmp_path / "run"
@@ -202,8 +203,8 @@ def test_nmf_worker_killed_mid_fit_restarts_from_last_checkpoint(dnn_dataset, sy
 PREPARE = """
 import sys, ray
 ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-from pipelines.prepare import main
-main(["--config", sys.argv[1], "--out", sys.argv[2]])
+from karaoke_cli.main import main
+main(["prepare", "--config", sys.argv[1], "--out", sys.argv[2]])
 """
 
 
@@ -326,7 +327,8 @@ def test_manifest_is_refused_when_a_listed_shard_is_gone(tmp_path, small_config)
     """Fault: a finished song's shard vanishes from storage before the manifest is written.
     Expected: `DatasetError` naming the shard, and no manifest."""
     from karaoke.corpora import list_songs
-    from karaoke.dataset import DatasetError, prepare_song, write_manifest
+    from karaoke.dataset import DatasetError
+    from karaoke.preparation import prepare_song, write_manifest
 
     song = list_songs(small_config.corpus, "test")[0]
     dataset = tmp_path / "ds"

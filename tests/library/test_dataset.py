@@ -1,4 +1,4 @@
-"""The dataset schema, per-song writer and plain reader (karaoke.dataset), without Ray."""
+"""The dataset layout and plain reader (karaoke.dataset) and the per-song writer (karaoke.preparation), without Ray."""
 
 from __future__ import annotations
 
@@ -9,19 +9,10 @@ import pytest
 
 from karaoke.config import config_from_dict
 from karaoke.corpora import list_songs
-from karaoke.dataset import (
-    DatasetError,
-    done_songs,
-    load_manifest,
-    prepare_song,
-    read_songs,
-    read_windows,
-    shard_name,
-    write_atomic,
-    write_manifest,
-)
+from karaoke.dataset import DatasetError, load_manifest, read_songs, read_windows, shard_name
+from karaoke.preparation import done_songs, prepare_song, write_manifest
 from karaoke.features import song_features, training_rows
-from karaoke.spectral import n_frames_for
+from tests.reference import n_frames_for
 from tests.conftest import small_config_dict
 
 
@@ -136,23 +127,6 @@ def test_unfinished_dataset_and_bad_requests(prepared, tmp_path):
         read_windows(prepared[0], "training")
     with pytest.raises(DatasetError, match="unknown window column"):
         read_windows(prepared[0], "train", columns=["magnitude"])
-
-
-def test_write_atomic_leaves_nothing_on_failure(tmp_path):
-    import fsspec
-
-    fs = fsspec.filesystem("file")
-    target = str(tmp_path / "sub" / "x.parquet")
-
-    def explode(handle):
-        handle.write(b"half")
-        raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError):
-        write_atomic(fs, target, explode)
-    assert list((tmp_path / "sub").iterdir()) == []
-    write_atomic(fs, target, lambda handle: handle.write(b"whole"))
-    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.parquet"]
 
 
 @pytest.mark.parametrize(

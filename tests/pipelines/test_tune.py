@@ -79,7 +79,7 @@ def test_trial_config_applies_dotted_values(synth_root):
 def test_two_dnn_trials_give_per_alpha_results_logs_and_the_best_checkpoint(dataset, synth_root, tmp_path):
     from click.testing import CliRunner
 
-    from karaoke.cli import main
+    from karaoke_cli.main import main
     from karaoke.models.dnn import load_dnn
     from pipelines.tune import tune_experiment
 
@@ -194,7 +194,7 @@ def test_asha_refuses_a_ray_without_its_state_api(dataset, synth_root, tmp_path)
     )
     done = subprocess.run(
         [sys.executable, "-c", script, str(config_path), dataset, str(tmp_path / "tune")],
-        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
     )
     assert "REFUSED" in done.stdout, done.stdout + done.stderr
     assert "dashboard" in done.stdout and "tune.scheduler: none" in done.stdout

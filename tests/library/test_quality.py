@@ -45,7 +45,7 @@ def small_quality_run(mir1k_root, seed: int) -> dict[str, float]:
     valid = sorted(list_songs(config.corpus, "valid"), key=lambda s: s.song_id)[:: 170 // N_VALID][:N_VALID]
     mixed = {s.song_id: s.load(16000, "sum") for s in train}
     parts = [
-        song_training_rows(m, config, [mixed[i] for i in remix_partners(m.song_id, list(mixed), config)])
+        song_training_rows(m, song_features(m, config), config, [mixed[i] for i in remix_partners(m.song_id, list(mixed), config)])
         for m in mixed.values()
     ]
     rows = {k: np.concatenate([p[k] for p in parts]) for k in ("mixture", "ibm")}

@@ -72,10 +72,10 @@ def test_load_config_errors_name_the_file(tmp_path):
 def test_overrides_parse_yaml_values(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("name: x\ntrain: {epochs: 5}\n")
-    config = load_config(path, ["train.epochs=3", "dnn.hidden_sizes=[32, 16]", "train.use_gpu=true"])
+    config = load_config(path, ["train.epochs=3", "dnn.hidden_sizes=[32, 16]", "resources.dnn.use_gpu=true"])
     assert config.train.epochs == 3
     assert config.hidden_sizes == (32, 16)
-    assert config.train.use_gpu is True
+    assert config.resources.dnn.use_gpu is True
     with pytest.raises(ConfigError, match="section.key=value"):
         apply_overrides({}, ["train.epochs"])
 

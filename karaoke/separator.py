@@ -1,0 +1,116 @@
+"""The separator protocol: every method of the paper (the DNN, the NMF baseline, the ideal binary
+mask) is a `Separator` that gives the vocal probability p (n_bins, n_frames) of a song's features;
+Eq. 2 (`karaoke.masks.masks_to_audio`) turns p into audio at any alpha without asking it again.
+
+Evaluation, tuning, the benchmarks and `karaoke separate` all get their separator from
+`load_separator(method, checkpoint, config)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from karaoke.config import ExperimentConfig
+from karaoke.features import SongFeatures, song_features
+from karaoke.masks import masks_to_audio
+from karaoke.mixing import MixedSong
+
+if TYPE_CHECKING:
+    import torch
+
+METHODS = ("ibm", "dnn", "nmf")
+
+
+class Separator(Protocol):
+    """Anything that maps a song's features to its vocal probability p, (n_bins, n_frames) float32."""
+
+    method: str
+
+    def vocal_probability(self, features: SongFeatures) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class IdealBinaryMask:
+    """The upper bound the DNN and NMF are compared with: p = IBM (needs the song's references), so
+    every alpha in (0, 1) gives the same masks."""
+
+    method: str = "ibm"
+
+    def vocal_probability(self, features: SongFeatures) -> np.ndarray:
+        return features.ibm.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class DnnSeparator:
+    """The mask DNN: p is Eq. 1, the mean of every hop-1 window's prediction covering a bin."""
+
+    model: "torch.nn.Module"
+    window_frames: int
+    method: str = "dnn"
+
+    def vocal_probability(self, features: SongFeatures) -> np.ndarray:
+        from karaoke.inference import soft_mask
+
+        return soft_mask(self.model, features.mixture, self.window_frames, scale=1.0)
+
+
+@dataclass(frozen=True)
+class NmfSeparator:
+    """The NMF baseline: per hop-1 window, the soft mask W_v H_v / (W_v H_v + W_nv H_nv) with the
+    activations fitted for fixed bases, averaged over the windows covering a bin."""
+
+    W_v: "torch.Tensor"  # (n_bins * window_frames, n_components)
+    W_nv: "torch.Tensor"
+    window_frames: int
+    iterations: int
+    seed: int
+    method: str = "nmf"
+
+    def vocal_probability(self, features: SongFeatures) -> np.ndarray:
+        from karaoke.models.nmf import nmf_vocal_probability
+
+        return nmf_vocal_probability(features.mixture, self.W_v, self.W_nv, self.window_frames, self.iterations, self.seed)
+
+
+def load_separator(method: str, checkpoint: str | None, config: ExperimentConfig, device: Any = "cpu") -> Separator:
+    """The separator of `method` ("ibm", "dnn", "nmf") from a checkpoint folder or URL (none for the
+    IBM), verified against `config` (`karaoke.checkpoint`)."""
+    from karaoke.storage import local_copy
+
+    if method == "ibm":
+        return IdealBinaryMask()
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if checkpoint is None:
+        raise ValueError(f"method {method!r} needs a checkpoint")
+    with local_copy(checkpoint) as folder:
+        if method == "dnn":
+            from karaoke.models.dnn import load_dnn
+
+            model, _, _ = load_dnn(folder, config, device=device)
+            return DnnSeparator(model, config.windows.n_frames)
+        from karaoke.models.nmf import load_bases
+
+        W_v, W_nv, _ = load_bases(folder, config, device=device)
+        return NmfSeparator(W_v, W_nv, config.windows.n_frames, config.nmf.test_iterations, config.nmf.seed)
+
+
+def song_probability(separator: Separator, song: MixedSong, config: ExperimentConfig) -> tuple[SongFeatures, np.ndarray]:
+    """(the song's features, its vocal probability p (n_bins, n_frames)) under `separator`."""
+    features = song_features(song, config)
+    return features, separator.vocal_probability(features)
+
+
+def separate_song(
+    separator: Separator, song: MixedSong, config: ExperimentConfig, alpha: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vocals and accompaniment (n_samples,) of a song: p from `separator`, masks by Eq. 2 at `alpha`
+    (default `evaluation.alpha`) in the mode `evaluation.mask`, applied to the mixture STFT."""
+    features, probability = song_probability(separator, song, config)
+    alpha = config.evaluation.alpha if alpha is None else alpha
+    return masks_to_audio(
+        features.mixture_stft, probability, alpha, config.stft, len(song.mixture), config.evaluation.mask
+    )
