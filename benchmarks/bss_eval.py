@@ -51,8 +51,7 @@ def sweep_estimates(vocals: np.ndarray, accompaniment: np.ndarray, alphas) -> np
     from scipy.ndimage import uniform_filter1d
 
     from karaoke.config import StftConfig
-    from karaoke.masks import ideal_binary_mask
-    from karaoke.masks import masks_to_audio
+    from karaoke.masks import ideal_binary_mask, masks_to_audio
     from karaoke.spectral import stft
 
     stft_cfg = StftConfig(n_fft=2048, hop_length=512)

@@ -6,7 +6,7 @@
     python benchmarks/mir1k_quality.py --report a.json b.json [--figures FOLDER]
 
 A plain single-process PyTorch run (no Ray) of what `karaoke run` does, for measuring options on a
-small machine: the training windows are cut by `karaoke.features` exactly as `pipelines.prepare`
+small machine: the training windows are cut by `karaoke.features` exactly as `karaoke prepare`
 cuts them (same `windows` section, remix partners drawn from all training clips), the network
 trains with `karaoke.models.dnn.train_epoch`, and the validation clips are separated with Eq. 1
 (`karaoke.inference.soft_mask`) and scored with the fast BSS-EVAL engine at every alpha of
@@ -15,35 +15,22 @@ accompaniment (length-weighted, MIR-1K convention) at alpha 0.5 and at the alpha
 GNSDR, and the training time. `--report` prints the table of earlier `--json` files, Figure 3's
 comparison as a number (DNN SAR minus NMF SAR at equal SIR) and draws Figures 2 and 3.
 
-The README's "MIR-1K results" table came from (A9 = "evaluation.alphas=[0.1,0.2,...,0.9]"):
+The figures in docs/results.md come from these commands (A9 = "evaluation.alphas=[0.1,0.2,...,0.9]"):
 
     B=python benchmarks/mir1k_quality.py --threads 1 --set $A9
-    $B --config configs/mir1k.yaml --threads 2 --valid-every 6 --set "evaluation.alphas=[0.5]" --json best.json
-    $B --config configs/mir1k.yaml --set train.epochs=4 --valid-every 2 --also-mask binary --json best4.json
-    $B --config configs/mir1k-paper.yaml --valid-every 4 --set train.epochs=10 --json paper.json
-    $B --config configs/mir1k-paper.yaml --no-dnn --nmf --valid-every 17 --also-mask soft --json nmf.json
-    $B --config configs/mir1k-paper.yaml --no-dnn --ibm --valid-every 2 --set "evaluation.alphas=[0.5]" --json ibm.json
-    SMALL="--config configs/mir1k-paper.yaml --valid-every 6 --set dnn.hidden_sizes=[512] --set windows.train_hop=10 --set train.epochs=6"
-    $B $SMALL --set train.loss=bce --set train.optimizer=adam --set train.learning_rate=0.001 [--set dnn.log_input_gain=100]
-    # session 3's learning curves (configs/mir1k.yaml now has remixes 3 and 40 epochs)
-    CURVE="--config configs/mir1k.yaml --valid-every 6 --score-every 4 --set evaluation.alphas=[0.5]"
-    $B $CURVE --threads 2 --set windows.remixes=1 --json remix1.json
-    $B $CURVE --json remix3.json
-    $B $CURVE --set windows.remixes=6 --set train.epochs=24 --json remix6.json
-    $B $CURVE --set windows.remixes=1 --set dnn.hidden_sizes=[2048] --json wide.json
-    $B --config configs/mir1k.yaml --threads 1 --valid-every 2 --score-every 10 --also-mask binary --json final.json
-    $B --config configs/mir1k-paper.yaml --no-dnn --nmf --valid-every 2 --also-mask soft --json nmf85.json
-    # session 4: the magnitude-weighted loss (configs/mir1k.yaml now: weight 1, remixes 6, 10 epochs)
-    W="--config configs/mir1k.yaml --threads 1 --valid-every 6 --score-every 4 --set train.epochs=12 --set windows.remixes=3 --set train.bin_weight_power=0 --set evaluation.alphas=[0.5]"
-    $B $W --set train.lr_schedule=cosine; $B $W --set train.bin_weight_power=1; $B $W --set train.bin_weight_power=2
     V="--config configs/mir1k.yaml --threads 1 --valid-every 1 --set evaluation.alphas=[0.5]"
-    $B $V --threads 2 --score-every 10 --set train.epochs=30 --json long.json          # stopped at 21
-    $B $V --score-every 4 --set train.epochs=12 --set train.lr_schedule=cosine
-    $B $V --score-every 4 --set train.epochs=7 --set train.lr_schedule=cosine --set windows.remixes=12
-    $B $V --score-every 5 --set windows.remix_pitch_semitones=3;  $B $V --score-every 5 --set dnn.dropout=0.2
-    # session 5 (the soft-target, weight-decay and sharpening rows of the README used throwaway patches)
-    $B $V --score-every 5 --set "dnn.hidden_sizes=[1024]"; $B $V --score-every 5 --set dnn.bias_offset=0
+    $B $V --score-every 5                                          # the recipe, with its learning curve
+    $B $V --score-every 5 --set "dnn.hidden_sizes=[1024]"           # options, one at a time
+    $B $V --score-every 5 --set dnn.bias_offset=0
     $B $V --score-every 5 --set "dnn.hidden_sizes=[512,512]"
+    $B $V --score-every 5 --set windows.remix_pitch_semitones=3
+    $B $V --score-every 5 --set dnn.dropout=0.2
+    $B $V --score-every 4 --set train.epochs=12 --set train.lr_schedule=cosine
+    W="--config configs/mir1k.yaml --threads 1 --valid-every 6 --score-every 4 --set train.epochs=12 --set windows.remixes=3 --set evaluation.alphas=[0.5]"
+    $B $W --set train.bin_weight_power=0; $B $W --set train.bin_weight_power=1; $B $W --set train.bin_weight_power=2
+    $B --config configs/mir1k-paper.yaml --valid-every 4 --set train.epochs=10 --json paper.json
+    $B --config configs/mir1k-paper.yaml --no-dnn --nmf --valid-every 2 --also-mask soft --json nmf85.json
+    $B --config configs/mir1k-paper.yaml --no-dnn --ibm --valid-every 2 --set "evaluation.alphas=[0.5]" --json ibm.json
     karaoke run --config configs/mir1k.yaml --out runs/mir1k
     $B --load runs/mir1k/dnn/epoch_0010 --valid-every 1 --set evaluation.alphas=[0.5]
     $B --load runs/mir1k/dnn/epoch_0010 --valid-every 2 --also-mask binary --json dnn85.json

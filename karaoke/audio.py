@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from karaoke.errors import AudioError
+from karaoke.storage import is_url
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 
@@ -41,7 +42,7 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.nda
     import soundfile as sf
 
     path = str(path)
-    source: str | io.BytesIO = path if "://" not in path else io.BytesIO(_read_bytes(path))
+    source: str | io.BytesIO = io.BytesIO(_read_bytes(path)) if is_url(path) else path
     if isinstance(source, str) and not os.path.exists(source):
         raise AudioError(f"{path}: audio file not found")
     try:

@@ -17,7 +17,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from karaoke.config import ExperimentConfig, config_digest, config_from_dict, config_to_dict
+from karaoke.config import (
+    ExperimentConfig,
+    config_digest,
+    config_from_dict,
+    config_to_dict,
+)
 from karaoke.errors import CheckpointError
 
 FORMAT = "karaoke-checkpoint/1"

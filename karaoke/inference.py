@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-
 DEFAULT_BATCH_WINDOWS = 256
 Precision = Literal["float32", "bfloat16"]
 

@@ -16,17 +16,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from karaoke.config import DATA_SECTIONS, ExperimentConfig, config_digest, config_to_dict, save_config
+from karaoke.config import (
+    DATA_SECTIONS,
+    ExperimentConfig,
+    config_digest,
+    config_to_dict,
+    save_config,
+)
 from karaoke.corpora.base import Song
 from karaoke.dataset import (
+    AUDIO_COLUMNS,
     FORMAT,
     MANIFEST,
+    META_KEY,
     PARQUET_OPTIONS,
     SONG_SPLITS,
     SPLITS,
     TENSOR_COLUMNS,
-    AUDIO_COLUMNS,
-    META_KEY,
     DatasetError,
     song_file,
     window_file,

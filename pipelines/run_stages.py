@@ -48,9 +48,8 @@ def finished(run: Run, stage: str, check: Callable[[], str]) -> dict | None:
 
 def run_stage(run: Run, stage: str, number: int, check: Callable[[], str], work: Callable[[], dict]) -> dict:
     """Run `work` unless the stage finished before; record it. Returns the stage's record."""
-    from karaoke.storage import write_json
-
     from karaoke.config import STAGE_SECTIONS
+    from karaoke.storage import write_json
 
     print(f"\n[{number}/{len(STAGE_SECTIONS)}] {stage}", flush=True)
     record = finished(run, stage, check)

@@ -158,7 +158,12 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
     from karaoke.errors import CheckpointError
     from karaoke.models.dnn import TrainingError
     from karaoke.storage import is_url, join
-    from pipelines.ray_runtime import connect, make_trainer, read_windows_dataset, unwrap_error
+    from pipelines.ray_runtime import (
+        connect,
+        make_trainer,
+        read_windows_dataset,
+        unwrap_error,
+    )
 
     check_dataset_fits(config, dataset)
     if not is_url(run_dir):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from karaoke.config import CorpusConfig
 from karaoke.corpora.base import Song, Stem
+from karaoke.errors import CorpusError
+from karaoke.storage import is_url
 
 __all__ = ["Song", "Stem", "generate_corpus", "list_songs"]
 
@@ -31,5 +35,10 @@ def list_songs(corpus: CorpusConfig, split: str | None = None) -> list[Song]:
         "medleydb": list_medleydb_songs,
         "mir1k": list_mir1k_songs,
     }
+    if corpus.layout == "synth" and not is_url(corpus.root) and not Path(corpus.root).is_dir():
+        raise CorpusError(
+            f"{corpus.root}: no synthetic corpus there yet; `karaoke synth {corpus.root}` (or `karaoke run`, "
+            "`karaoke prepare`) generates it"
+        )
     songs = readers[corpus.layout](corpus)
     return sorted((s for s in songs if split is None or s.split == split), key=lambda s: s.song_id)

@@ -6,6 +6,7 @@ import posixpath
 from dataclasses import dataclass
 
 from karaoke.errors import CorpusError
+from karaoke.storage import is_url
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Folder:
         import fsspec
 
         fs, path = fsspec.core.url_to_fs(str(root))
-        remote = "://" in str(root) and not str(root).startswith("file://")
+        remote = is_url(root) and not str(root).startswith("file://")
         folder = cls(fs, path.rstrip("/") or "/", remote)
         if not fs.isdir(folder.path):
             raise CorpusError(f"{root}: corpus folder not found")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from karaoke.audio import write_audio
+from karaoke.storage import is_url
 
 # (F1, F2, F3) in Hz and bandwidths of sung vowels (Peterson & Barney-like averages).
 VOWELS = {
@@ -227,7 +228,7 @@ def _check_settings(out: Path, seconds: float, sample_rate: int) -> None:
 
 def ensure_synth_corpus(corpus) -> Path:
     """Generate the configured synthetic corpus into `corpus.root` unless it is complete already."""
-    if "://" in corpus.root:
+    if is_url(corpus.root):
         raise ValueError(f"{corpus.root}: the synthetic corpus is generated on local disk; give a local root")
     return write_synth_corpus(
         corpus.root, corpus.synth_songs, corpus.synth_seed, corpus.synth_seconds, corpus.sample_rate, progress=True

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, small_config_dict
 
 pytestmark = pytest.mark.slow

@@ -9,11 +9,17 @@ import pytest
 
 from karaoke.config import config_from_dict
 from karaoke.corpora import list_songs
-from karaoke.dataset import DatasetError, load_manifest, read_songs, read_windows, shard_name
-from karaoke.preparation import done_songs, prepare_song, write_manifest
+from karaoke.dataset import (
+    DatasetError,
+    load_manifest,
+    read_songs,
+    read_windows,
+    shard_name,
+)
 from karaoke.features import song_features, training_rows
-from tests.reference import n_frames_for
+from karaoke.preparation import done_songs, prepare_song, write_manifest
 from tests.conftest import small_config_dict
+from tests.reference import n_frames_for
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import small_config_dict
 
 from karaoke.config import config_from_dict
 from karaoke.corpora import list_songs
@@ -25,8 +26,6 @@ from karaoke.models.dnn import (
     schedule_learning_rate,
     train_epoch,
 )
-from conftest import small_config_dict
-
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

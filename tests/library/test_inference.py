@@ -7,17 +7,15 @@ import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
+from conftest import small_config_dict
 
 from karaoke.config import config_from_dict
 from karaoke.inference import StreamingSoftMask, soft_mask
-from karaoke.masks import sliding_windows
-from tests.reference import overlap_average
+from karaoke.masks import masks_to_audio, sliding_windows
 from karaoke.models.dnn import build_model, save_dnn
-from karaoke.masks import masks_to_audio
 from karaoke.separate import separate_audio, separate_file
 from karaoke.spectral import stft
-from conftest import small_config_dict
-
+from tests.reference import overlap_average
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

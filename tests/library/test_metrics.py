@@ -10,9 +10,10 @@ import pytest
 from karaoke.config import config_from_dict
 from karaoke.corpora import list_songs
 from karaoke.features import song_features
+from karaoke.masks import masks_to_audio
 from karaoke.metrics import (
-    Scores,
     SCORE_COLUMNS,
+    Scores,
     SongScorer,
     bss_eval_mir_eval,
     confidence_interval,
@@ -21,7 +22,6 @@ from karaoke.metrics import (
     score_alpha_grid,
     summarise,
 )
-from karaoke.masks import masks_to_audio
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import torch
 
 from karaoke.config import config_from_dict
 from karaoke.errors import CheckpointError
-from tests.reference import overlap_average
 from karaoke.models.nmf import (
     column_uniform,
     fit_activations,
@@ -22,6 +21,7 @@ from karaoke.models.nmf import (
     window_keys,
 )
 from tests.conftest import small_config_dict
+from tests.reference import overlap_average
 
 
 @pytest.fixture(scope="module")

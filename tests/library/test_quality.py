@@ -2,7 +2,7 @@
 keep its validation GNSDR, so a change that breaks quality (features, windows, the magnitude-weighted
 loss, training, Eq. 1 averaging, masks, scoring) fails here and not only in a long benchmark run.
 
-Measured on this 2-core machine (session 4, with `train.bin_weight_power: 1`): training seeds 0, 1, 2
+Measured on a 2-core CPU (with `train.bin_weight_power: 1`): training seeds 0, 1, 2
 gave vocal GNSDR 5.80, 5.55, 5.58 dB (spread 0.25 dB) and accompaniment GNSDR 5.69, 5.65, 5.58 dB, in
 about 20 s each. The floors (4.0 dB both) sit about six vocal spreads below: noise does not cross them,
 while the same network trained on the unweighted loss scores 3.4-3.6 / 1.5-1.6 dB, an untrained one

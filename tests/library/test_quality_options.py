@@ -7,11 +7,16 @@ import pytest
 import torch
 
 from karaoke.config import config_from_dict
-from karaoke.features import remix, remix_partners, song_features, song_training_rows, training_rows
-from karaoke.masks import alpha_masks
+from karaoke.features import (
+    remix,
+    remix_partners,
+    song_features,
+    song_training_rows,
+    training_rows,
+)
+from karaoke.masks import alpha_masks, masks_to_audio
 from karaoke.mixing import MixedSong
 from karaoke.models.dnn import build_model
-from karaoke.masks import masks_to_audio
 from karaoke.spectral import stft
 
 

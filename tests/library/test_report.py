@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from karaoke_cli.main import main
 from karaoke.corpora import list_songs
 from karaoke.features import song_features
+from karaoke.masks import masks_to_audio
 from karaoke.metrics import SCORE_COLUMNS, score_alpha_grid
 from karaoke.report import ScoresError, read_scores, write_scores
-from karaoke.masks import masks_to_audio
+from karaoke_cli.main import main
 
 ALPHAS = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
 

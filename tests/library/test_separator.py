@@ -12,7 +12,12 @@ from karaoke.inference import soft_mask
 from karaoke.metrics import bss_eval_mir_eval
 from karaoke.models.dnn import build_model, save_dnn
 from karaoke.models.nmf import nmf_vocal_probability, save_bases
-from karaoke.separator import IdealBinaryMask, load_separator, separate_song, song_probability
+from karaoke.separator import (
+    IdealBinaryMask,
+    load_separator,
+    separate_song,
+    song_probability,
+)
 
 
 @pytest.fixture(scope="module")

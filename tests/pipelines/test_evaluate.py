@@ -1,4 +1,4 @@
-"""pipelines.evaluate: parallel Ray scoring of soft-mask providers over the alpha grid, then the report."""
+"""pipelines.evaluate: parallel Ray scoring of separators (IBM, DNN, NMF checkpoints) over the alpha grid, then the report."""
 
 from __future__ import annotations
 

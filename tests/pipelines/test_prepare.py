@@ -17,8 +17,8 @@ import pytest
 from karaoke.config import config_from_dict, save_config
 from karaoke.dataset import load_manifest, read_songs, read_windows
 from karaoke.features import song_features, training_rows
-from tests.reference import n_frames_for
 from tests.conftest import REPO, small_config_dict
+from tests.reference import n_frames_for
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -91,8 +91,8 @@ def test_rerun_skips_done_songs(prepared_synth, small_config):
 
 
 def test_corrupt_file_is_reported_and_strict_stops(tmp_path, synth_root, small_config):
-    from karaoke.dataset import DatasetError
     from karaoke.config import load_config
+    from karaoke.dataset import DatasetError
     from pipelines.prepare import prepare_dataset, prepare_job
 
     corpus = tmp_path / "corpus"

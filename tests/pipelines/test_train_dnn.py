@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import small_config_dict
 
 from karaoke.config import config_from_dict
 from karaoke.errors import CheckpointError
-from conftest import small_config_dict
 
 
 def _config(synth_root: Path, **train):
@@ -49,10 +49,10 @@ def test_dataset_prepared_with_another_stft_is_refused(dataset, synth_root, tmp_
 
 @pytest.mark.slow
 def test_two_workers_checkpoint_resume_and_separate(dataset, synth_root, tmp_path):
+    from karaoke.checkpoint import latest_checkpoint
     from karaoke.dataset import read_songs
     from karaoke.models.dnn import load_dnn
     from karaoke.separate import separate_audio
-    from karaoke.checkpoint import latest_checkpoint
     from pipelines.train_dnn import train_dnn
 
     run_dir = str(tmp_path / "run")
@@ -94,9 +94,9 @@ def test_two_workers_checkpoint_resume_and_separate(dataset, synth_root, tmp_pat
 def test_run_directory_on_s3_finds_the_last_complete_checkpoint(s3_endpoint, small_config, tmp_path):
     import fsspec
 
+    from karaoke.checkpoint import latest_checkpoint
     from karaoke.config import save_config
     from karaoke.models.dnn import build_model, save_dnn
-    from karaoke.checkpoint import latest_checkpoint
 
     run_dir = "s3://test-bucket/runs/dnn"
     assert latest_checkpoint(run_dir) is None

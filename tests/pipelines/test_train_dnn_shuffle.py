@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from conftest import small_config_dict
 
 from karaoke.config import config_from_dict
-from conftest import small_config_dict
 
 
 def test_train_windows_are_shuffled_across_songs_and_none_is_lost(ray_session, synth_root, tmp_path):

@@ -79,8 +79,8 @@ def test_trial_config_applies_dotted_values(synth_root):
 def test_two_dnn_trials_give_per_alpha_results_logs_and_the_best_checkpoint(dataset, synth_root, tmp_path):
     from click.testing import CliRunner
 
-    from karaoke_cli.main import main
     from karaoke.models.dnn import load_dnn
+    from karaoke_cli.main import main
     from pipelines.tune import tune_experiment
 
     # ASHA stays on, with no rung before the last epoch: the result checks (scheduler metric in every
