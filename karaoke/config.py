@@ -21,7 +21,8 @@ from pydantic.dataclasses import dataclass
 
 from karaoke.errors import ConfigError
 
-_STRICT = pydantic.ConfigDict(extra="forbid")
+# Unknown keys are typos, and inf/nan are never a meaningful setting.
+_STRICT = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -162,8 +163,10 @@ class EvaluationConfig:
 
 # What defines each output, declared once. A prepared dataset depends on these sections:
 DATA_SECTIONS = ("corpus", "stft", "windows")
+# What a model sees: its input windows are cut with these sections.
+WINDOW_SECTIONS = ("stft", "windows")
 # A checkpoint loads only into a config that agrees with it on these (they fix its tensors' shapes):
-CHECKPOINT_SECTIONS = {"dnn": ("stft", "windows", "dnn"), "nmf": ("stft", "windows")}
+CHECKPOINT_SECTIONS = {"dnn": (*WINDOW_SECTIONS, "dnn"), "nmf": WINDOW_SECTIONS}
 # Each stage of `karaoke run` depends on these; a change there makes a rerun redo the stage.
 STAGE_SECTIONS = {
     "prepare": DATA_SECTIONS,
@@ -310,9 +313,9 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Apply `section.key=value` overrides (values parsed as YAML) to a nested config dict."""
-    import yaml
-
     data = json.loads(json.dumps(data or {}))
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config is a mapping of sections, got {type(data).__name__}")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -323,7 +326,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = _load_yaml(raw, f"override {item!r}")
     return data
 
 
@@ -334,11 +337,36 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (see configs/ for examples)")
+    data = _load_yaml(path.read_text(), str(path))
+    if not isinstance(data, (dict, type(None))):
+        raise ConfigError(f"{path}: a config is a mapping of sections (corpus:, train:, ...), got a {type(data).__name__}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return config_from_dict(apply_overrides(data, overrides), source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"{source}: key {key!r} is given twice (line {key_node.start_mark.line + 1}); keep one")
+            seen.add(key)
+        return loader.construct_mapping(node, deep=True)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return config_from_dict(apply_overrides(data, overrides), source=str(path))
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from karaoke.config import ExperimentConfig, config_digest, config_from_dict
+from karaoke.config import WINDOW_SECTIONS, ExperimentConfig, config_digest, config_from_dict
 from karaoke.errors import KaraokeError
 from karaoke.mixing import MixedSong
 from karaoke.storage import open_fs
@@ -87,7 +87,7 @@ def check_dataset_fits(config: ExperimentConfig, dataset: str) -> None:
     """Raise `DatasetError` unless the dataset's windows were cut with this config's STFT, windows and
     sample rate (a model trained on them would see other shapes or other spectra)."""
     prepared = manifest_config(load_manifest(dataset))
-    same = config_digest(prepared, "stft", "windows") == config_digest(config, "stft", "windows")
+    same = config_digest(prepared, *WINDOW_SECTIONS) == config_digest(config, *WINDOW_SECTIONS)
     if not same or prepared.corpus.sample_rate != config.corpus.sample_rate:
         raise DatasetError(
             f"{dataset}: prepared with stft {prepared.stft}, windows {prepared.windows} at "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import click
@@ -18,6 +19,25 @@ class _Group(click.Group):
         except KaraokeError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+
+
+class _Finite(click.ParamType):
+    """A finite float inside an open interval: click's FloatRange lets NaN through."""
+
+    name = "number"
+
+    def __init__(self, low: float, high: float = math.inf) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value, param, ctx) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not (math.isfinite(number) and self.low < number < self.high):
+            accepted = f"> {self.low:g}" if math.isinf(self.high) else f"strictly between {self.low:g} and {self.high:g}"
+            self.fail(f"{value!r} is not a finite number {accepted}", param, ctx)
+        return number
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -144,9 +164,9 @@ def tune_command(config_path: str, overrides: tuple[str, ...], dataset: str, out
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True), help="DNN checkpoint folder, or a training run folder (its last epoch).")
-@click.option("--alpha", default=0.5, show_default=True, type=float, help="Mask threshold of Eq. 2, in (0, 1).")
+@click.option("--alpha", default=0.5, show_default=True, type=_Finite(0.0, 1.0), help="Mask threshold of Eq. 2, in (0, 1).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--chunk-seconds", default=30.0, show_default=True, help="Audio processed at once (bounds memory).")
+@click.option("--chunk-seconds", default=30.0, show_default=True, type=_Finite(0.0), help="Audio processed at once (bounds memory).")
 @click.option(
     "--precision",
     type=click.Choice(["float32", "bfloat16"]),

@@ -22,3 +22,11 @@ def test_bad_config_is_one_line_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {bad}: invalid config: train.epoch: unknown key"
     assert "Traceback" not in result.stderr
+
+
+def test_non_finite_or_out_of_range_numbers_are_usage_errors(tmp_path):
+    for flag, value in (("--chunk-seconds", "nan"), ("--chunk-seconds", "-1"), ("--alpha", "1")):
+        result = karaoke("separate", str(tmp_path), "--model", str(tmp_path), "--out", str(tmp_path / "out"), flag, value)
+        assert result.returncode == 2
+        assert f"Invalid value for '{flag}': '{value}' is not a finite number" in result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

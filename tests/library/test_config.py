@@ -87,3 +87,38 @@ def test_configs_are_frozen_and_digest_tracks_sections():
     other = config_from_dict({"train": {"epochs": 3}})
     assert config_digest(config, "dnn", "stft") == config_digest(other, "dnn", "stft")
     assert config_digest(config, "train") != config_digest(other, "train")
+
+
+@pytest.mark.parametrize("override, key", [("train.learning_rate=.inf", "train.learning_rate"), ("dnn.bias_offset=.nan", "dnn.bias_offset")])
+def test_non_finite_values_are_refused_naming_file_and_key(tmp_path, override, key):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: invalid config: {key}: Input should be a finite number"):
+        load_config(path, [override])
+
+
+def test_a_top_level_list_and_a_duplicate_key_are_one_line_errors(tmp_path):
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- train\n- dnn\n")
+    for overrides in ((), ("train.epochs=2",)):
+        with pytest.raises(ConfigError, match=rf"^{listed}: a config is a mapping of sections .* got a list$"):
+            load_config(listed, overrides)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 3\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match=rf"^{twice}: key 'epochs' is given twice \(line 3\); keep one$"):
+        load_config(twice)
+    # the same key in two different sections is not a duplicate
+    (tmp_path / "ok.yaml").write_text("train: {seed: 1}\nnmf: {seed: 2}\n")
+    assert load_config(tmp_path / "ok.yaml").nmf.seed == 2
+
+
+def test_machine_resources_are_outside_every_models_digest(tmp_path):
+    from karaoke.config import CHECKPOINT_SECTIONS, STAGE_SECTIONS
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\n")
+    one, two = load_config(path), load_config(path, ["resources.dnn.num_workers=4", "resources.nmf.use_gpu=true"])
+    assert one.resources != two.resources
+    for sections in (*STAGE_SECTIONS.values(), *CHECKPOINT_SECTIONS.values()):
+        assert "resources" not in sections
+        assert config_digest(one, *sections) == config_digest(two, *sections)
