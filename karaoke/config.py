@@ -167,6 +167,14 @@ DATA_SECTIONS = ("corpus", "stft", "windows")
 WINDOW_SECTIONS = ("stft", "windows")
 # A checkpoint loads only into a config that agrees with it on these (they fix its tensors' shapes):
 CHECKPOINT_SECTIONS = {"dnn": (*WINDOW_SECTIONS, "dnn"), "nmf": WINDOW_SECTIONS}
+# A training run folder holds weights made with these keys (sections or dotted keys): resuming it
+# under other values would label one model's weights with another's config, so that is refused.
+# `CONTINUABLE_KEYS` may grow on a rerun (more of the same training), see `pipelines.run_stages.guard`.
+TRAINING_KEYS = {
+    "dnn": (*CHECKPOINT_SECTIONS["dnn"], "train"),
+    "nmf": (*CHECKPOINT_SECTIONS["nmf"], "nmf.n_components", "nmf.seed", "nmf.train_hop"),
+}
+CONTINUABLE_KEYS = {"dnn": ("train.epochs",), "nmf": ("nmf.train_iterations",)}
 # Each stage of `karaoke run` depends on these; a change there makes a rerun redo the stage.
 STAGE_SECTIONS = {
     "prepare": DATA_SECTIONS,

@@ -39,7 +39,6 @@ from pipelines.run_stages import (
     check_scores,
     check_tune,
     guard,
-    model_values,
     run_stage,
 )
 
@@ -75,10 +74,9 @@ def tune_stage(run: Run) -> dict:
 
 def dnn_stage(run: Run) -> dict:
     from karaoke.checkpoint import latest_checkpoint
-    from karaoke.config import CHECKPOINT_SECTIONS
     from pipelines.train_dnn import train_dnn
 
-    guard(run, run.path("dnn"), model_values(run, CHECKPOINT_SECTIONS["dnn"]))
+    guard(run, run.path("dnn"), "dnn")
     last = latest_checkpoint(run.path("dnn"))
     if last is not None:
         print(f"  resuming from {last}")
@@ -87,11 +85,10 @@ def dnn_stage(run: Run) -> dict:
 
 
 def nmf_stage(run: Run) -> dict:
-    from karaoke.config import CHECKPOINT_SECTIONS
     from karaoke.storage import exists
     from pipelines.train_nmf import RUN_NAME, train_nmf
 
-    guard(run, run.path("nmf"), model_values(run, (*CHECKPOINT_SECTIONS["nmf"], "nmf.n_components")))
+    guard(run, run.path("nmf"), "nmf")
     resume = exists(run.path("nmf", "ray", RUN_NAME))
     if resume:
         print(f"  resuming from the latest checkpoint under {run.path('nmf', 'ray', RUN_NAME)}")
@@ -179,6 +176,18 @@ def print_results(results: dict) -> None:
     print(f"(second row per method: the alpha chosen on the {results['alpha_chosen_on']} split)")
 
 
+def tuned_config(run: Run) -> Run | None:
+    """The run as its finished tune stage left it (the best trial's config), or None before that."""
+    from karaoke.config import config_from_dict
+    from karaoke.storage import read_json
+    from pipelines.run_stages import digest
+
+    record = read_json(run.path("stages", "tune.json"))
+    if not record or record.get("digest") != digest(run.config, "tune"):
+        return None
+    return Run(run.root, config_from_dict(record["best_config"], source=run.path("stages", "tune.json")))
+
+
 def run_experiment(config, run_dir: str) -> str:
     """Run (or resume) every stage of `config` into `run_dir`; returns the run directory."""
     from karaoke.config import config_from_dict, save_config
@@ -188,6 +197,11 @@ def run_experiment(config, run_dir: str) -> str:
 
     root = run_dir if is_url(run_dir) else os.path.abspath(run_dir)
     run = Run(root, config)
+    # A run refused for training of another model in its folders changes nothing, not even config.yaml.
+    trained = tuned_config(run) if config.tune.num_samples > 0 else run
+    if trained is not None:
+        guard(trained, trained.path("dnn"), "dnn")
+        guard(trained, trained.path("nmf"), "nmf")
     save_config(config, run.path("config.yaml"))
     connect()
     start = time.perf_counter()

@@ -148,11 +148,15 @@ def check_report(run: Run) -> str:
     return run.path("report", "report.md")
 
 
-def guard(run: Run, folder: str, model: dict[str, Any]) -> None:
-    """Refuse to train into `folder` when it holds training of another model (`model`: the values that
-    define it, by section), instead of resuming from or overwriting it."""
+def guard(run: Run, folder: str, kind: str) -> None:
+    """Refuse to train a `kind` ("dnn", "nmf") model into `folder` when it holds training made with
+    other `karaoke.config.TRAINING_KEYS` values: resuming would label those weights with this
+    config. More training of the same model (a larger `CONTINUABLE_KEYS` value; for the DNN only
+    under a constant learning rate, whose earlier epochs do not depend on the number of epochs) is
+    allowed; fewer is refused, since the folder already holds the longer training."""
     import yaml
 
+    from karaoke.config import CONTINUABLE_KEYS, TRAINING_KEYS, config_to_dict
     from karaoke.errors import CheckpointError
     from karaoke.storage import join, open_fs
 
@@ -160,23 +164,38 @@ def guard(run: Run, folder: str, model: dict[str, Any]) -> None:
     if not fs.isfile(path):
         return
     with fs.open(path, "rb") as handle:
-        before = yaml.safe_load(handle.read()) or {}
-    changed = [key for key, value in model.items() if _pick(before, key) != value]
+        before = _leaves(yaml.safe_load(handle.read()) or {}, TRAINING_KEYS[kind])
+    now = _leaves(config_to_dict(run.config), TRAINING_KEYS[kind])
+    growing = set(CONTINUABLE_KEYS[kind])
+    if kind == "dnn" and run.config.train.lr_schedule != "constant":
+        growing.clear()
+    changed = [
+        key for key in sorted(set(before) | set(now))
+        if before.get(key) != now.get(key)
+        and not (key in growing and isinstance(before.get(key), int) and now[key] > before[key])
+    ]
     if changed:
+        details = ", ".join(f"{key}: {before.get(key)!r} there, {now.get(key)!r} here" for key in changed)
         raise CheckpointError(
-            f"{folder}: holds training of another model ({', '.join(changed)} differ from this config); "
-            "choose another --out, or delete that folder to train it again"
+            f"{folder}: holds training of another model ({details}); choose another --out, or delete "
+            "that folder to train it again"
         )
 
 
-def _pick(data: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        data = data.get(part, {}) if isinstance(data, dict) else {}
-    return data
+def _leaves(data: dict, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The dotted leaf keys and values of `data` under each of `keys` (sections or dotted keys)."""
+    found: dict[str, Any] = {}
 
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                walk(value, f"{prefix}.{name}")
+        else:
+            found[prefix] = node
 
-def model_values(run: Run, keys: tuple[str, ...]) -> dict[str, Any]:
-    from karaoke.config import config_to_dict
-
-    data = config_to_dict(run.config)
-    return {key: _pick(data, key) for key in keys}
+    for key in keys:
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        walk(node, key)
+    return found

@@ -69,9 +69,17 @@ def test_local_run_has_every_stage_and_a_rerun_skips_them(ray_session, synth_roo
 
     # Another network in the same run directory: refused, the trained checkpoints kept.
     wider = config_from_dict(run_config(synth_root, dnn={"hidden_sizes": [32]}))
-    with pytest.raises(KaraokeError, match=r"dnn: holds training of another model \(dnn differ"):
+    before = (run_dir / "config.yaml").read_text()
+    with pytest.raises(KaraokeError, match=r"dnn: holds training of another model \(dnn.hidden_sizes: \[64\] there, \[32\] here\)"):
         run_experiment(wider, str(run_dir))
     assert sorted(p.name for p in (run_dir / "dnn").glob("epoch_*")) == ["epoch_0001", "epoch_0002"]
+    assert (run_dir / "config.yaml").read_text() == before  # a refused command changes nothing
+    # Another learning rate on the finished run: refused, never a result labelled with a rate its
+    # weights were not trained with.
+    faster = config_from_dict(run_config(synth_root, train={"learning_rate": 0.01}))
+    with pytest.raises(KaraokeError, match=r"train.learning_rate: 0.1 there, 0.01 here"):
+        run_experiment(faster, str(run_dir))
+    assert (run_dir / "config.yaml").read_text() == before
 
 
 def test_whole_run_into_s3(ray_session, s3_endpoint, synth_root, capsys):
