@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from karaoke.config import (
     config_to_dict,
 )
 from karaoke.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 FORMAT = "karaoke-checkpoint/1"
 TENSORS = "model.safetensors"
@@ -113,17 +116,41 @@ def epoch_folder(epoch: int) -> str:
     return f"{EPOCH_PREFIX}{epoch:04d}"
 
 
+def checkpoint_problem(directory: str | Path) -> str | None:
+    """Why a local checkpoint folder does not verify (no card, no tensors, an unreadable card, tensors
+    that do not match the card's digest), or None when it does. Loads no tensors."""
+    directory = Path(directory)
+    card_path, tensor_path = directory / CARD, directory / TENSORS
+    if not card_path.is_file() or not tensor_path.is_file():
+        return f"missing {CARD if not card_path.is_file() else TENSORS}"
+    try:
+        expected = json.loads(card_path.read_text())["sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        return f"unreadable {CARD} ({exc!r})"
+    if _sha256(tensor_path) != expected:
+        return f"{TENSORS} does not match the digest in {CARD} (truncated or tampered)"
+    return None
+
+
 def latest_checkpoint(run_dir: str | Path) -> str | None:
-    """The last epoch checkpoint (one with a card) in a training run folder, local or URL, or None."""
-    from karaoke.storage import is_url, open_fs
+    """The last epoch checkpoint in a training run folder (local or URL) that verifies, or None.
+
+    Ray Train copies a checkpoint folder file by file, so a kill can leave a card beside partial
+    weights: such an epoch is skipped, with a warning naming it, for the newest one that verifies.
+    """
+    from karaoke.storage import is_url, local_copy, open_fs
 
     run_dir = str(run_dir)
     fs, root = open_fs(run_dir)
-    cards = sorted(fs.glob(f"{root}/{EPOCH_PREFIX}*/{CARD}"))
-    if not cards:
-        return None
-    folder = cards[-1].rsplit("/", 1)[0]
-    return f"{run_dir.split('://', 1)[0]}://{folder}" if is_url(run_dir) else folder
+    scheme = f"{run_dir.split('://', 1)[0]}://" if is_url(run_dir) else ""
+    for card in sorted(fs.glob(f"{root}/{EPOCH_PREFIX}*/{CARD}"), reverse=True):
+        folder = scheme + card.rsplit("/", 1)[0]
+        with local_copy(folder) as local:
+            problem = checkpoint_problem(local)
+        if problem is None:
+            return folder
+        log.warning("skipping checkpoint %s: %s; using the newest one before it that verifies", folder, problem)
+    return None
 
 
 def resolve_checkpoint(location: str | Path) -> str:

@@ -55,7 +55,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from karaoke.checkpoint import epoch_folder
+    from karaoke.checkpoint import checkpoint_problem, epoch_folder
     from karaoke.config import config_from_dict
     from karaoke.models.dnn import (
         build_model,
@@ -80,15 +80,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = make_optimizer(model, config.train)
     loss_fn = make_loss(config.train)
 
-    # Step 1. Resume: a restart inside this run (lost worker) wins over the checkpoint given by --resume.
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None and loop_config.get("resume_from"):
-        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])
+    # Step 1. Resume: a restart inside this run (lost worker) wins over the checkpoint given by
+    # --resume, unless it does not verify (weights copied in part): then the driver's, which does.
+    candidates = [ray.train.get_checkpoint()]
+    if loop_config.get("resume_from"):
+        candidates.append(ray.train.Checkpoint(loop_config["resume_from"]))
     first_epoch, history = 1, []
-    if checkpoint is not None:
+    for checkpoint in filter(None, candidates):
         with checkpoint.as_directory() as directory:
-            card = restore_training(directory, model, optimizer, config)
-        first_epoch, history = card["epoch"] + 1, card.get("history", [])
+            problem = checkpoint_problem(directory)
+            if problem is None:
+                card = restore_training(directory, model, optimizer, config)
+                first_epoch, history = card["epoch"] + 1, card.get("history", [])
+                break
+        if rank == 0:
+            print(f"skipping checkpoint {checkpoint.path}: {problem}")
 
     # Step 2. Epochs over this worker's shards.
     train_shard = ray.train.get_dataset_shard("train")

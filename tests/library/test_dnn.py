@@ -199,3 +199,22 @@ def test_checkpoint_round_trip_resume_and_refusals(small_config, tmp_path):
     with pytest.raises(TrainingError, match="train_loss is nan"):
         save_dnn(tmp_path / "nan", model, small_config, 4, {"train_loss": float("nan")})
     assert not (tmp_path / "nan" / "checkpoint.json").exists()
+
+
+def test_latest_checkpoint_skips_an_epoch_whose_weights_do_not_verify(small_config, tmp_path, caplog):
+    from karaoke.checkpoint import latest_checkpoint, resolve_checkpoint
+
+    model = build_model(small_config)
+    for epoch in (1, 2, 3):
+        save_dnn(tmp_path / f"epoch_{epoch:04d}", model, small_config, epoch, {"train_loss": 0.1})
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "epoch_0003")
+    # Weights cut short after the card was written (a copy killed mid-file), and a folder of weights only.
+    weights = tmp_path / "epoch_0003" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (tmp_path / "epoch_0004").mkdir()
+    (tmp_path / "epoch_0004" / "model.safetensors").write_bytes(b"partial")
+    with caplog.at_level("WARNING"):
+        assert latest_checkpoint(tmp_path) == str(tmp_path / "epoch_0002")
+    assert "epoch_0003" in caplog.text and "truncated or tampered" in caplog.text
+    assert resolve_checkpoint(tmp_path) == str(tmp_path / "epoch_0002")
+    assert resolve_checkpoint(tmp_path / "epoch_0001") == str(tmp_path / "epoch_0001")

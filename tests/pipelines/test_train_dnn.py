@@ -71,6 +71,16 @@ def test_two_workers_checkpoint_resume_and_separate(dataset, synth_root, tmp_pat
     assert card["epoch"] == 2 and [m["epoch"] for m in card["history"]] == [1, 2]
     assert card["history"][0] == json.loads((Path(first.checkpoint_path) / "checkpoint.json").read_text())["metrics"]
 
+    # The last epoch's weights cut short after its card was written: a rerun resumes from the newest
+    # checkpoint that verifies and trains the lost epoch again.
+    weights = Path(second.checkpoint_path) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert Path(latest_checkpoint(run_dir)).name == "epoch_0001"
+    again = train_dnn(_config(synth_root, epochs=2), dataset, run_dir, resume=True)
+    card = json.loads((Path(again.checkpoint_path) / "checkpoint.json").read_text())
+    assert Path(again.checkpoint_path).name == "epoch_0002" and [m["epoch"] for m in card["history"]] == [1, 2]
+    second = again
+
     model, config, _ = load_dnn(second.checkpoint_path, _config(synth_root))
     song = read_songs(dataset, "test")[0]
     result = separate_audio(model, song.mixture, config, alpha=0.5)
