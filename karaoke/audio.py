@@ -48,21 +48,13 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.nda
     try:
         with sf.SoundFile(source) as handle:
             file_rate, expected = handle.samplerate, handle.frames
+            check_not_truncated(handle, path)
             data = handle.read(dtype="float32", always_2d=True)
-            # libsndfile quietly shortens a WAV whose data chunk is cut off; its header log says so.
-            cut = re.search(r"^data\s*:\s*(\d+) \(should be (\d+)\)", handle.extra_info, re.MULTILINE)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC") from None
     if data.shape[0] == 0:
         raise AudioError(f"{path}: audio file is empty (0 samples)")
-    if cut and int(cut.group(2)) < int(cut.group(1)):
-        raise AudioError(
-            f"{path}: truncated audio: the header promises {cut.group(1)} data bytes, the file holds {cut.group(2)}"
-        )
-    if 0 < expected < 2**62 and data.shape[0] < expected:
-        raise AudioError(
-            f"{path}: truncated audio: header promises {expected} samples, only {data.shape[0]} decode"
-        )
+    check_decoded_length(expected, data.shape[0], path)
     if not np.all(np.isfinite(data)):
         raise AudioError(f"{path}: audio contains NaN or Inf samples")
     audio = np.ascontiguousarray(data.T)
@@ -70,6 +62,22 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.nda
         audio = resample(audio, file_rate, sample_rate)
         file_rate = sample_rate
     return audio, file_rate
+
+
+def check_not_truncated(handle, path: str) -> None:
+    """Raise `AudioError` when an open `soundfile.SoundFile`'s data chunk is cut off: libsndfile
+    quietly shortens such a WAV, and only its header log says so."""
+    cut = re.search(r"^data\s*:\s*(\d+) \(should be (\d+)\)", handle.extra_info, re.MULTILINE)
+    if cut and int(cut.group(2)) < int(cut.group(1)):
+        raise AudioError(
+            f"{path}: truncated audio: the header promises {cut.group(1)} data bytes, the file holds {cut.group(2)}"
+        )
+
+
+def check_decoded_length(expected: int, decoded: int, path: str) -> None:
+    """Raise `AudioError` when fewer samples decode than the header promises (a cut compressed file)."""
+    if 0 < expected < 2**62 and decoded < expected:
+        raise AudioError(f"{path}: truncated audio: header promises {expected} samples, only {decoded} decode")
 
 
 def resample(audio: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:

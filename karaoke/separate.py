@@ -140,18 +140,24 @@ def _file_blocks(path: str, model_rate: int, block_seconds: float) -> BlockSourc
     import soundfile as sf
     import soxr
 
+    from karaoke.audio import check_decoded_length, check_not_truncated
+
     def blocks() -> Iterator[np.ndarray]:
         try:
             handle = sf.SoundFile(path)
         except (sf.LibsndfileError, RuntimeError) as exc:
             raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC") from None
         with handle:
-            rate, channels = handle.samplerate, handle.channels
+            check_not_truncated(handle, path)
+            rate, channels, decoded = handle.samplerate, handle.channels, 0
             resampler = soxr.ResampleStream(rate, model_rate, channels, dtype="float32") if rate != model_rate else None
             size = max(int(block_seconds * rate), 1)
             while True:
                 data = handle.read(size, dtype="float32", always_2d=True)
+                decoded += data.shape[0]
                 last = data.shape[0] < size
+                if last:
+                    check_decoded_length(handle.frames, decoded, path)
                 if not np.all(np.isfinite(data)):
                     raise AudioError(f"{path}: audio contains NaN or Inf samples")
                 if resampler is not None:
@@ -165,9 +171,15 @@ def _file_blocks(path: str, model_rate: int, block_seconds: float) -> BlockSourc
 
 
 def audio_info(path: Path):
+    """soundfile's header information of an audio file; `AudioError` naming it when it cannot be
+    decoded or its data is cut off."""
     import soundfile as sf
 
+    from karaoke.audio import check_not_truncated
+
     try:
+        with sf.SoundFile(str(path)) as handle:
+            check_not_truncated(handle, str(path))
         return sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC") from None
@@ -193,6 +205,7 @@ def separate_file(
     rate = config.corpus.sample_rate
     channels = audio_info(path).channels
     target = Path(out_dir) / path.stem
+    created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
     names = ("vocals", "accompaniment")
     partial = {n: target / f".{n}.wav.partial" for n in names}
@@ -209,6 +222,8 @@ def separate_file(
         for n in names:
             writers[n].close()
             partial[n].unlink(missing_ok=True)
+        if created:
+            target.rmdir()  # no empty folder left looking like a result
         raise
     for n in names:
         writers[n].close()

@@ -30,3 +30,21 @@ def test_non_finite_or_out_of_range_numbers_are_usage_errors(tmp_path):
         assert result.returncode == 2
         assert f"Invalid value for '{flag}': '{value}' is not a finite number" in result.stderr
         assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_truncated_file_is_refused_by_separate_naming_it_and_leaving_nothing(small_config, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    from karaoke.models.dnn import build_model, save_dnn
+
+    save_dnn(tmp_path / "model", build_model(small_config), small_config, 1, {"train_loss": 0.5})
+    song = tmp_path / "song.wav"
+    sf.write(song, np.random.default_rng(0).uniform(-0.5, 0.5, 16000 * 3).astype(np.float32), 16000, subtype="FLOAT")
+    song.write_bytes(song.read_bytes()[: song.stat().st_size // 2])  # a copy cut off half-way
+    out = tmp_path / "out"
+    result = karaoke("separate", str(song), "--model", str(tmp_path / "model"), "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {song}: truncated audio: the header promises")
+    assert "Traceback" not in result.stderr
+    assert not (out / "song").exists()
