@@ -340,7 +340,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Read a YAML config, apply `key=value` overrides and validate it."""
-    import yaml
 
     path = Path(path)
     if not path.is_file():

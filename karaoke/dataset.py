@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from karaoke.config import WINDOW_SECTIONS, ExperimentConfig, config_digest, config_from_dict
+from karaoke.config import (
+    WINDOW_SECTIONS,
+    ExperimentConfig,
+    config_digest,
+    config_from_dict,
+)
 from karaoke.errors import KaraokeError
 from karaoke.mixing import MixedSong
 from karaoke.storage import open_fs

@@ -21,3 +21,7 @@ class CorpusError(KaraokeError, ValueError):
 
 class CheckpointError(KaraokeError, ValueError):
     """A checkpoint is missing, tampered with, unsafe to load, or from a different configuration."""
+
+
+class OutputError(KaraokeError, OSError):
+    """An output path cannot be written: it is a file where a folder is needed, or not writable."""

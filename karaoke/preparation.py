@@ -10,6 +10,7 @@ means "this song is done" to a rerun; its Parquet metadata carries the song's st
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import time
 from typing import Any, Sequence
@@ -41,6 +42,8 @@ from karaoke.errors import KaraokeError
 from karaoke.features import remix_partners, song_features, song_training_rows
 from karaoke.mixing import MixedSong
 from karaoke.storage import join, open_fs, write_atomic
+
+log = logging.getLogger(__name__)
 
 
 def window_table(song_id: str, rows: dict[str, np.ndarray], n_bins: int, n_frames: int):
@@ -143,7 +146,8 @@ def prepare_song(song: Song, config: ExperimentConfig, dataset: str, partners: S
 def done_songs(dataset: str, songs: list[Song], config: ExperimentConfig) -> dict[str, dict[str, Any]]:
     """Statuses of the `songs` whose shards are already in `dataset` (read from their metadata).
 
-    Also deletes the hidden `.partial` files a killed run left behind. Raises `DatasetError` when a
+    A windows shard that cannot be read (damaged after it was written) is deleted, with a warning
+    naming it, so that its song is prepared again. Also deletes the hidden `.partial` files a killed run left behind. Raises `DatasetError` when a
     shard was made with other corpus/stft/windows settings.
     """
     import pyarrow.parquet as pq
@@ -168,8 +172,14 @@ def done_songs(dataset: str, songs: list[Song], config: ExperimentConfig) -> dic
         if relative not in present:
             continue
         path = posixpath.join(root, relative)
-        with fs.open(path, "rb") as handle:
-            status = json.loads(pq.read_metadata(handle).metadata[META_KEY])
+        try:
+            with fs.open(path, "rb") as handle:
+                status = json.loads(pq.read_metadata(handle).metadata[META_KEY])
+        except Exception as exc:  # noqa: BLE001 - any unreadable shard is redone, whatever the reader says
+            log.warning("%s: %s is damaged (%s: %s); preparing %s again", dataset, relative, type(exc).__name__,
+                        str(exc).splitlines()[0] if str(exc) else "", song.song_id)
+            fs.rm(path)
+            continue
         if status.get("config_digest") != digest:
             raise DatasetError(
                 f"{dataset}: {relative} was prepared with other corpus/stft/windows settings; "

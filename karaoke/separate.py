@@ -170,6 +170,17 @@ def _file_blocks(path: str, model_rate: int, block_seconds: float) -> BlockSourc
     return blocks
 
 
+def make_folder(folder: Path) -> None:
+    """`folder` and its parents; `OutputError` naming it when a file stands in the way or it cannot
+    be written."""
+    from karaoke.errors import OutputError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot write the separation there ({exc.strerror}); choose another --out") from None
+
+
 def audio_info(path: Path):
     """soundfile's header information of an audio file; `AudioError` naming it when it cannot be
     decoded or its data is cut off."""
@@ -206,7 +217,7 @@ def separate_file(
     channels = audio_info(path).channels
     target = Path(out_dir) / path.stem
     created = not target.exists()
-    target.mkdir(parents=True, exist_ok=True)
+    make_folder(target)
     names = ("vocals", "accompaniment")
     partial = {n: target / f".{n}.wav.partial" for n in names}
     writers = {n: sf.SoundFile(partial[n], "w", rate, channels, subtype="FLOAT", format="WAV") for n in names}

@@ -87,7 +87,10 @@ def run(config_path: str, overrides: tuple[str, ...], run_dir: str | None) -> No
 @click.option("--out", "dataset", required=True, help="Dataset folder to write: a local path or s3://bucket/prefix.")
 @click.option("--strict", is_flag=True, help="Stop at the first song that fails instead of recording it.")
 def prepare(config_path: str, overrides: tuple[str, ...], dataset: str, strict: bool) -> None:
-    """Prepare a corpus into Parquet shards with Ray Data; exit status = number of failed songs."""
+    """Prepare a corpus into Parquet shards with Ray Data.
+
+    Exit status: 0 every song prepared; 1 some songs failed (each listed, the others written);
+    2 a usage, config or storage error (one line naming the file or key)."""
     from karaoke.config import load_config
     from pipelines.prepare import prepare_job
 

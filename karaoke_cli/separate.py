@@ -45,7 +45,7 @@ def separate_files(
     from karaoke.errors import ConfigError
     from karaoke.masks import check_alpha
     from karaoke.models.dnn import load_dnn, pick_device
-    from karaoke.separate import audio_info, separate_file
+    from karaoke.separate import audio_info, make_folder, separate_file
 
     try:
         alpha = check_alpha(alpha)
@@ -53,7 +53,7 @@ def separate_files(
         raise ConfigError(f"--alpha: {exc}") from None
     files = input_files(inputs)
     model, config, _ = load_dnn(resolve_checkpoint(model_dir), device=pick_device())
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    make_folder(Path(out_dir))
     save_config(config, Path(out_dir) / "config.yaml")
     for path in files:
         info = audio_info(path)

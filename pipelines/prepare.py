@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Exit statuses above this are taken by shells and signals.
-MAX_EXIT_STATUS = 100
+# Exit status of `karaoke prepare` when some songs failed (usage and config errors exit 2).
+SONGS_FAILED = 1
 BLOCKS_PER_CPU = 16
 
 
@@ -153,7 +153,7 @@ def summary_line(manifest: dict[str, Any], seconds: float) -> str:
 
 def prepare_job(config: "ExperimentConfig", dataset: str, strict: bool = False) -> int:
     """`karaoke prepare`: connect, prepare, print the summary and the failed songs; returns the exit
-    status (the number of failed songs, at most `MAX_EXIT_STATUS`)."""
+    status: 0 when every song was prepared, `SONGS_FAILED` when some failed."""
     from pipelines.ray_runtime import connect
 
     connect()
@@ -163,4 +163,4 @@ def prepare_job(config: "ExperimentConfig", dataset: str, strict: bool = False) 
     for song in manifest["songs"]:
         if song["status"] != "ok":
             print(f"failed: {song['song_id']}: {song['reason']}")
-    return min(manifest["failed"], MAX_EXIT_STATUS)
+    return SONGS_FAILED if manifest["failed"] else 0

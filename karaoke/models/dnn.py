@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from karaoke.checkpoint import load_checkpoint, save_checkpoint
+from karaoke.checkpoint import CARD, load_checkpoint, save_checkpoint
 from karaoke.config import CHECKPOINT_SECTIONS, ExperimentConfig, TrainConfig
-from karaoke.errors import KaraokeError
+from karaoke.errors import CheckpointError, KaraokeError
 
 KIND = "dnn"
 # The config sections that define the network's shape: a checkpoint fits only a config equal in these.
@@ -263,8 +263,22 @@ def load_dnn(
     """
     tensors, stored, card = load_checkpoint(directory, KIND, config, CHECKPOINT_SECTIONS[KIND])
     model = build_model(stored)
-    model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)})
+    _load_weights(model, tensors, directory)
     return model.to(device).eval(), stored, card
+
+
+def _load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], directory: str | Path) -> None:
+    """The checkpoint's weights into `model`; `CheckpointError` when they do not fit the network its
+    card's config describes (a card edited or copied from another checkpoint)."""
+    weights = {k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)}
+    try:
+        _unwrap(model).load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise CheckpointError(
+            f"{directory}: its weights do not fit the network its {CARD} describes ({first}); "
+            "the card belongs to another checkpoint"
+        ) from None
 
 
 def restore_training(
@@ -273,7 +287,7 @@ def restore_training(
     """Load a checkpoint's weights and optimizer state into `model` and `optimizer` (resume); returns
     the card, whose "epoch" is the last finished epoch."""
     tensors, _, card = load_checkpoint(directory, KIND, config, CHECKPOINT_SECTIONS[KIND])
-    _unwrap(model).load_state_dict({k: v for k, v in tensors.items() if not k.startswith(OPTIMIZER_PREFIX)})
+    _load_weights(model, tensors, directory)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith(OPTIMIZER_PREFIX):

@@ -48,3 +48,36 @@ def test_a_truncated_file_is_refused_by_separate_naming_it_and_leaving_nothing(s
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {song}: truncated audio: the header promises")
     assert "Traceback" not in result.stderr
     assert not (out / "song").exists()
+
+
+def test_an_output_path_blocked_by_a_file_and_a_card_from_another_model_are_one_line_errors(small_config, tmp_path):
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from karaoke.models.dnn import build_model, save_dnn
+
+    save_dnn(tmp_path / "model", build_model(small_config), small_config, 1, {"train_loss": 0.5})
+    song = tmp_path / "song.wav"
+    sf.write(song, np.zeros(16000, np.float32), 16000)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "song").write_text("a file where the song's folder goes")
+    result = karaoke("separate", str(song), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'out' / 'song'}: cannot write the separation there (File exists); choose another --out"
+    )
+    result = karaoke("separate", str(song), "--model", str(tmp_path / "model"), "--out", str(song / "out"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {song / 'out'}: cannot write the separation there")
+
+    card_path = tmp_path / "model" / "checkpoint.json"
+    card = json.loads(card_path.read_text())
+    card["config"]["dnn"]["hidden_sizes"] = [32]  # the card of another network beside these weights
+    card_path.write_text(json.dumps(card))
+    result = karaoke("separate", str(song), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out2"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path / 'model'}: its weights do not fit the network its checkpoint.json describes"
+    )

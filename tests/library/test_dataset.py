@@ -144,3 +144,22 @@ def test_shard_names_are_safe_and_unique(song_id):
     assert name.endswith(".parquet") and "/" not in name and not name.startswith(".")
     assert len(name) < 120
     assert shard_name(song_id + "!") != name
+
+
+def test_a_damaged_shard_is_named_and_its_song_prepared_again(prepared, small_config, tmp_path, caplog):
+    source, songs, statuses = prepared
+    dataset = tmp_path / "ds"
+    shutil.copytree(source, dataset)
+    victim = next(s for s in statuses if s["split"] == "train" and s["n_windows"])
+    shard = dataset / victim["files"][-1]
+    shard.write_bytes(shard.read_bytes()[:200])  # cut off after the job had finished
+    with caplog.at_level("WARNING"):
+        done = done_songs(str(dataset), songs, small_config)
+    assert victim["song_id"] not in done and len(done) == len(songs) - 1
+    assert victim["files"][-1] in caplog.text and "damaged" in caplog.text
+    assert not shard.exists()
+    # The rerun prepares that song alone again and the dataset reads back whole.
+    redone = [prepare_song(s, small_config, str(dataset)) for s in songs if s.song_id not in done]
+    write_manifest(str(dataset), small_config, [*done.values(), *redone])
+    again = read_windows(str(dataset), "train", columns=["song_id"])
+    assert (again["song_id"] == victim["song_id"]).sum() == victim["n_windows"]
