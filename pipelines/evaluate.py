@@ -109,10 +109,8 @@ def _score(config, scores_dir: Path, methods: list[tuple[str, str | None]], song
     from karaoke.metrics import global_scores, summarise
     from karaoke.report import write_scores
     from karaoke.storage import write_file, write_json
-    from pipelines.ray_runtime import task_options
-
     scores_dir.mkdir(parents=True, exist_ok=True)
-    task = ray.remote(**task_options(1))(score_song)
+    task = ray.remote(num_cpus=1)(score_song)
     config_ref = ray.put(config)
     futures = []
     for k, song in enumerate(songs):

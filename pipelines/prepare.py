@@ -93,9 +93,6 @@ def _run_songs(
 
     from karaoke.config import config_to_dict
     from karaoke.preparation import remix_partner_songs
-    from pipelines.ray_runtime import task_options
-
-    remote_args = {key: value for key, value in task_options(1).items() if value is not None}
     train_songs = [song for song in songs if song.split == "train"]
     items = [
         {"song": _song_to_json(song),
@@ -116,7 +113,7 @@ def _run_songs(
         # One batch per block: Ray Data's per-row conversions cost ~1 ms a row, 5% of a short clip.
         results = ray.data.from_items(items, override_num_blocks=n_blocks).map_batches(
             _prepare_block, batch_size=None, fn_kwargs={"config_dict": config_to_dict(config), "dataset": dataset},
-            **remote_args,
+            num_cpus=1,
         )
     finally:
         context.enable_progress_bars, context.op_resource_reservation_enabled = saved

@@ -2,8 +2,11 @@
 Ray Train and Tune (a folder or s3://), the prepared windows as a Ray Dataset, and trainer
 construction. Every job module builds on these instead of calling `ray.init` or `TorchTrainer` itself.
 
-Credentials and endpoint for s3:// come from the environment (AWS_*); the driver forwards them to
-its tasks and workers, which matters when the cluster was started before they were set.
+Credentials and endpoint for s3:// never pass through Ray: no task spec, runtime environment or
+pickled filesystem carries them, so neither the dashboard nor Ray's logs can show them. Every
+process reads them from its own environment: a local cluster started by the driver inherits the
+driver's AWS_* settings, and a cluster's nodes use their instance profiles (see cluster.yaml). A
+cluster started by hand must be started with those settings in its environment.
 """
 
 from __future__ import annotations
@@ -31,42 +34,10 @@ def connect(include_dashboard: bool | None = None) -> None:
         ray.init(include_dashboard=include_dashboard)
 
 
-def worker_env() -> dict[str, str]:
-    """The driver's AWS_* settings, for tasks and workers started before they were set."""
-    return {key: value for key, value in os.environ.items() if key.startswith("AWS_")}
-
-
-def task_options(num_cpus: float) -> dict[str, Any]:
-    """`ray.remote` options of a pipeline task: its CPUs and the workers' environment."""
-    env = worker_env()
-    return {"num_cpus": num_cpus, "runtime_env": {"env_vars": env} if env else None}
-
-
-def s3_filesystem():
-    """A pyarrow S3 filesystem with the driver's AWS_* settings spelled out, so that it travels to
-    read tasks in workers started before those variables were set; unset ones keep AWS's defaults."""
-    import pyarrow.fs
-
-    env = os.environ
-    options = {
-        "endpoint_override": env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
-        "access_key": env.get("AWS_ACCESS_KEY_ID"),
-        "secret_key": env.get("AWS_SECRET_ACCESS_KEY"),
-        "session_token": env.get("AWS_SESSION_TOKEN"),
-        "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
-    }
-    return pyarrow.fs.S3FileSystem(**{key: value for key, value in options.items() if value})
-
-
 def train_storage(location: str) -> dict[str, Any]:
-    """`RunConfig` arguments (Train's or Tune's) for storage at a folder or s3:// URL. For s3:// the
-    filesystem is given explicitly (see `s3_filesystem`): Train's controller actor may run in a
-    process started before the driver's AWS_* settings, and would otherwise resolve the URL without them."""
-    from karaoke.storage import is_url
-
-    if not is_url(location):
-        return {"storage_path": str(location)}
-    return {"storage_path": str(location).split("://", 1)[1], "storage_filesystem": s3_filesystem()}
+    """`RunConfig` arguments (Train's or Tune's) for storage at a folder or s3:// URL; Train resolves
+    the URL in each process from that process's environment."""
+    return {"storage_path": str(location)}
 
 
 def read_windows_dataset(dataset: str, split: str) -> "ray.data.Dataset":
@@ -77,16 +48,11 @@ def read_windows_dataset(dataset: str, split: str) -> "ray.data.Dataset":
     import ray
 
     from karaoke.dataset import DatasetError, split_files
-    from karaoke.storage import is_url
 
     files = split_files(dataset, split)
     if not files:
         raise DatasetError(f"{dataset}: split {split!r} has no training windows (see manifest.json)")
-    filesystem = None
-    if is_url(dataset):
-        filesystem = s3_filesystem()
-        files = [f.split("://", 1)[1] for f in files]
-    return ray.data.read_parquet(files, filesystem=filesystem)
+    return ray.data.read_parquet(files)
 
 
 def make_trainer(
@@ -119,7 +85,6 @@ def make_trainer(
             failure_config=ray.train.FailureConfig(max_failures=workers.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep),
             callbacks=callbacks,
-            worker_runtime_env={"env_vars": worker_env()},
         ),
         datasets=datasets,
         **({"dataset_config": dataset_config} if dataset_config is not None else {}),

@@ -103,13 +103,15 @@ def _scheduler(config: ExperimentConfig):
 def require_state_api() -> None:
     """Raise `KaraokeError` unless Ray's state API answers: Ray Train releases a stopped trial's
     worker placement group only when it can see, through that API, that the trial's controller died
-    (see the module doc)."""
+    (see the module doc). The probe asks the cluster this driver is connected to, never another one
+    on the same machine."""
+    import ray
     from ray.util.state import list_actors
 
     from karaoke.errors import KaraokeError
 
     try:
-        list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+        list_actors(address=ray.get_runtime_context().gcs_address, limit=1, timeout=10, raise_on_missing_output=False)
     except Exception as exc:  # noqa: BLE001 - any failure means the API is not there
         raise KaraokeError(
             "tune.scheduler asha needs Ray's state API, and this Ray has no dashboard "
@@ -207,7 +209,7 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
     from karaoke.dataset import check_dataset_fits, read_songs
     from karaoke.errors import KaraokeError
     from karaoke.storage import exists, is_url, join
-    from pipelines.ray_runtime import connect, train_storage, worker_env
+    from pipelines.ray_runtime import connect, train_storage
 
     tune_cfg = config.tune
     if tune_cfg.num_samples == 0:
@@ -232,7 +234,6 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
         datasets=_trial_datasets(config, dataset),
         songs=[ray.put(song) for song in songs],
         out_dir=out_dir,
-        env=worker_env(),
     )
     bundles = [{"CPU": 0.01}] + [{"CPU": tune_cfg.scoring_cpus}] * tune_cfg.scoring_tasks
     tuner = tune.Tuner(
@@ -243,7 +244,6 @@ def tune_experiment(config: ExperimentConfig, dataset: str, out_dir: str) -> Tun
             scheduler=_scheduler(config),
             search_alg=BasicVariantGenerator(max_concurrent=tune_cfg.max_concurrent_trials, random_state=tune_cfg.seed),
         ),
-        # an explicit s3 filesystem: trial actors may run in workers started without the driver's AWS_*
         run_config=tune.RunConfig(name=EXPERIMENT, **train_storage(out_dir)),
     )
     trials = _trials(tuner.fit())

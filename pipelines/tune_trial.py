@@ -15,7 +15,6 @@ tasks, and report the per-alpha means and the criterion.
 
 from __future__ import annotations
 
-import os
 import posixpath
 import time
 from typing import Any
@@ -90,13 +89,12 @@ def score_checkpoint(method: str, checkpoint: str, songs: list, config: Experime
     import ray
 
     from karaoke.metrics import summarise
-    from pipelines.ray_runtime import task_options
 
     tune_cfg = config.tune
     alphas = scored_alphas(config)
     slices = min(len(alphas), -(-tune_cfg.scoring_tasks // len(songs)))
     chunks = [[float(a) for a in chunk] for chunk in np.array_split(alphas, slices)]
-    options = task_options(tune_cfg.scoring_cpus)
+    options = {"num_cpus": tune_cfg.scoring_cpus}
     probability = ray.remote(num_returns=2, **options)(_probability)
     score = ray.remote(**options)(_score)
     config_ref = ray.put(config)
@@ -149,13 +147,12 @@ def _fit(config: ExperimentConfig, datasets: dict, run_dir: str) -> tuple[str, d
     return posixpath.join(run_dir, posixpath.basename(result.checkpoint.path)), dict(result.metrics)
 
 
-def run_trial(params: dict[str, Any], base: dict, datasets: dict, songs: list, out_dir: str, env: dict) -> None:
+def run_trial(params: dict[str, Any], base: dict, datasets: dict, songs: list, out_dir: str) -> None:
     """The Tune function trainable: train one configuration, score it, report (see the module doc)."""
     import ray.tune
 
     from karaoke.config import config_from_dict
 
-    os.environ.update(env)  # s3:// credentials on a cluster started without them
     config = trial_config(config_from_dict(base), params)
     trial_id = ray.tune.get_context().get_trial_id()
     run_dir = posixpath.join(out_dir, TRIALS, trial_id)

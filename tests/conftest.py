@@ -73,29 +73,43 @@ def ray_session():
     ray.shutdown()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The local S3 endpoint's settings are in the environment from the start, before any Ray cluster of
+# the session: Ray's processes read credentials from their own environment (nothing forwards them),
+# as the local cluster of a real run inherits the driver's.
+S3_PORT = _free_port()
+S3_ENV = {
+    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+os.environ.update(S3_ENV)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """A real moto S3 server process on 127.0.0.1 with an empty `test-bucket`; yields its URL.
-
-    The AWS_* variables point every client (boto3, s3fs, pyarrow) at it for the session. A Ray cluster
-    started before this fixture does not see them: pipelines forward AWS_* to their tasks explicitly.
-    """
-    import socket
+    """A real moto S3 server process on 127.0.0.1 with an empty `test-bucket`; yields its URL, which
+    every client (boto3, s3fs, pyarrow, Ray's processes) finds in the AWS_* environment."""
     import subprocess
     import sys
     import time
     import urllib.request
 
     pytest.importorskip("moto.server")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(S3_PORT)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = S3_ENV["AWS_ENDPOINT_URL"]
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -106,23 +120,10 @@ def s3_endpoint():
                 proc.kill()
                 pytest.fail(f"moto server did not start on {url}")
             time.sleep(0.1)
-    env = {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
     import boto3
 
     boto3.client("s3", endpoint_url=url).create_bucket(Bucket="test-bucket")
     yield url
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
     proc.terminate()
     proc.wait(timeout=10)
 

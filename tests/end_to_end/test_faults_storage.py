@@ -249,3 +249,53 @@ def test_silent_reference_scores_are_undefined_not_a_crash(small_config):
     assert len(rows) == 2
     assert all(np.isnan(value) for row in rows for key, value in row.items() if key.startswith("vocals_"))
     assert confidence_interval([rows[0]["vocals_sdr"], 3.0, 5.0])[0] == 4.0
+
+
+SECRET = "karaoke-fake-secret-7f3c1d9e"
+PREPARE_AND_TRAIN = """
+import sys, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=sys.argv[4])
+from karaoke.config import load_config
+from pipelines.prepare import prepare_job
+from pipelines.train_nmf import train_nmf
+config = load_config(sys.argv[1])
+assert prepare_job(config, sys.argv[2]) == 0
+train_nmf(config, sys.argv[2], sys.argv[3])
+"""
+
+
+@pytest.mark.slow
+def test_credentials_never_reach_rays_task_specs_or_logs(s3_endpoint, synth_root, tmp_path):
+    """Fault: a secret key in the driver's environment for an s3:// run (Ray Data tasks, Ray Train
+    workers). Expected: the run succeeds, and no file of Ray's session folder (task specs, runtime
+    environments, logs) holds the secret: every process reads it from its own environment."""
+    import shutil
+    import tempfile
+
+    import fsspec
+
+    from karaoke.config import save_config
+
+    config = config_from_dict(small_config_dict(
+        str(synth_root), nmf={"n_components": 4, "train_iterations": 2, "checkpoint_every": 1},
+        resources={"nmf": {"num_workers": 1}},
+    ))
+    save_config(config, tmp_path / "config.yaml")
+    dataset, run_dir = "s3://test-bucket/secret/ds", "s3://test-bucket/secret/nmf"
+    ray_dir = tempfile.mkdtemp(prefix="kr-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"AWS_SECRET_ACCESS_KEY": SECRET}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", PREPARE_AND_TRAIN, str(tmp_path / "config.yaml"), dataset, run_dir, ray_dir],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert fsspec.filesystem("s3").exists("test-bucket/secret/nmf/bases/checkpoint.json")
+        assert SECRET not in done.stdout + done.stderr
+        holding = [
+            str(path) for path in Path(ray_dir).rglob("*")
+            if path.is_file() and not path.is_symlink() and SECRET.encode() in path.read_bytes()
+        ]
+        assert holding == [], f"the secret is in {holding[:5]}"
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
