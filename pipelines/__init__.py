@@ -1,1 +1,1 @@
-"""Ray jobs over the `karaoke` library; each module runs as `python -m pipelines.<job>`."""
+"""Ray jobs over the `karaoke` library: thin glue that the command line (`karaoke_cli`) calls."""

@@ -1,6 +1,6 @@
-"""The one place where the pipelines meet Ray: connecting, the workers' environment, storage for
-Ray Train and Tune (a folder or s3://), the prepared windows as a Ray Dataset, and trainer
-construction. Every job module builds on these instead of calling `ray.init` or `TorchTrainer` itself.
+"""The one place where the pipelines meet Ray: connecting, storage for Ray Train and Tune (a folder
+or s3://), the prepared windows as a Ray Dataset, trainer construction and the errors of workers.
+Every job module builds on these instead of calling `ray.init` or `TorchTrainer` itself.
 
 Credentials and endpoint for s3:// never pass through Ray: no task spec, runtime environment or
 pickled filesystem carries them, so neither the dashboard nor Ray's logs can show them. Every

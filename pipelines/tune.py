@@ -103,15 +103,23 @@ def _scheduler(config: ExperimentConfig):
 def require_state_api() -> None:
     """Raise `KaraokeError` unless Ray's state API answers: Ray Train releases a stopped trial's
     worker placement group only when it can see, through that API, that the trial's controller died
-    (see the module doc). The probe asks the cluster this driver is connected to, never another one
-    on the same machine."""
-    import ray
-    from ray.util.state import list_actors
+    (see the module doc). The probe asks the dashboard of the cluster this driver is connected to,
+    never another cluster on the same machine."""
+    import urllib.error
+    import urllib.request
+
+    from ray._private.worker import get_dashboard_url
 
     from karaoke.errors import KaraokeError
 
     try:
-        list_actors(address=ray.get_runtime_context().gcs_address, limit=1, timeout=10, raise_on_missing_output=False)
+        url = get_dashboard_url()
+        if not url:
+            raise LookupError("the cluster reports no dashboard")
+        try:
+            urllib.request.urlopen(f"http://{url}/api/version", timeout=10).close()
+        except urllib.error.HTTPError:
+            pass  # an answer (e.g. authentication required): the dashboard is up
     except Exception as exc:  # noqa: BLE001 - any failure means the API is not there
         raise KaraokeError(
             "tune.scheduler asha needs Ray's state API, and this Ray has no dashboard "

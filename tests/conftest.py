@@ -83,8 +83,9 @@ def _free_port() -> int:
 
 # The local S3 endpoint's settings are in the environment from the start, before any Ray cluster of
 # the session: Ray's processes read credentials from their own environment (nothing forwards them),
-# as the local cluster of a real run inherits the driver's.
-S3_PORT = _free_port()
+# as the local cluster of a real run inherits the driver's. The port is chosen once per process:
+# this module is imported twice, by pytest and as `tests.conftest`.
+S3_PORT = int(os.environ.setdefault("KARAOKE_TEST_S3_PORT", str(_free_port())))
 S3_ENV = {
     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
     "AWS_ACCESS_KEY_ID": "testing",

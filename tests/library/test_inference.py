@@ -137,7 +137,7 @@ def test_cli_separates_a_folder_of_mono_and_stereo_files_at_any_rate(checkpoint,
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["--alpha", "1.0"], "alpha must be strictly between 0 and 1"), ([], "cannot decode audio")],
+    [(["--alpha", "1.0"], "is not a finite number strictly between 0 and 1"), ([], "cannot decode audio")],
 )
 def test_cli_errors_name_the_problem(checkpoint, tmp_path, args, message):
     from karaoke_cli.main import main
