@@ -214,14 +214,13 @@ def fit_activations(
     H = column_uniform(keys, n_components, seed, stream=0).to(V.device) * (2 * scale)
     V = V.to(torch.float32).contiguous()
     W = W.to(torch.float32).contiguous()
-    w_sum = W.sum(0)
-    denominator = (w_sum + EPS).unsqueeze(1)  # (K, 1)
+    denominator = (W.sum(0) + EPS).unsqueeze(1)  # (K, 1)
     dtype = PRODUCT_DTYPES[precision]
     # W^T made contiguous once: both products then read their left factor row by row.
     W_left = W.to(dtype)
     W_right = W_left.T.contiguous()
     if tolerance > 0:
-        return _fit_until_converged(V, W_left, W_right, w_sum, denominator, H, iterations, tolerance)
+        return _fit_until_converged(V, W, W_left, W_right, denominator, H, iterations, tolerance)
     product = torch.empty(n_inputs, n_columns, dtype=dtype, device=V.device)
     numerator = torch.empty(n_components, n_columns, dtype=dtype, device=V.device)
     for _ in range(iterations):
@@ -239,45 +238,49 @@ def _apply_update(H: torch.Tensor, numerator: torch.Tensor, denominator: torch.T
 
 def _fit_until_converged(
     V: torch.Tensor,
+    W: torch.Tensor,
     W_left: torch.Tensor,
     W_right: torch.Tensor,
-    w_sum: torch.Tensor,
     denominator: torch.Tensor,
     H: torch.Tensor,
     iterations: int,
     tolerance: float,
 ) -> torch.Tensor:
-    """`fit_activations` with a per-column stopping rule: V (D, N), W_left (D, K), W_right (K, D),
-    w_sum (K,) and denominator (K, 1), initial H (K, N) -> fitted H (K, N).
+    """`fit_activations` with a per-column stopping rule: V (D, N), W (D, K) float32, W_left (D, K)
+    and W_right (K, D) in the products' dtype, denominator (K, 1), initial H (K, N) -> fitted H (K, N).
 
     Every `TOLERANCE_EVERY` iterations, before the update, each column's KL(V_n || W H_n) =
     sum V log V - V - V log WH + WH is compared with its value at the previous check; a column whose
     relative decrease since then is below `tolerance` keeps its current H and leaves the active set,
     so later iterations multiply only the active columns. The check costs a log over (D, N), about a
-    tenth of an iteration, hence not every iteration.
+    tenth of an iteration, hence not every iteration; its W H is float32 whatever the precision, as
+    bfloat16 rounding would swamp the small decreases it looks for.
     """
     fitted = H.clone()
     active = torch.arange(H.shape[1], device=H.device)
+    w_sum = W.sum(0, dtype=torch.float64)
     # The part of the KL that does not depend on H; float64 so that small relative changes show.
     constant = (torch.xlogy(V, V) - V).sum(0, dtype=torch.float64)
     previous = torch.full_like(constant, float("inf"))
     product = torch.empty(V.shape, dtype=W_left.dtype, device=V.device)
     for iteration in range(iterations):
-        torch.mm(W_left, H.to(W_left.dtype), out=product)
-        if iteration % TOLERANCE_EVERY == 0:
-            log_model = product.to(torch.float32, copy=True).log_().mul_(V)
-            kl = constant - log_model.sum(0, dtype=torch.float64) + (w_sum @ H).double()
-            del log_model
+        if iteration % TOLERANCE_EVERY:
+            ratio = torch.div(V, torch.mm(W_left, H.to(W_left.dtype), out=product), out=product)
+        else:
+            model = torch.mm(W, H)
+            kl = constant - torch.log(model).mul_(V).sum(0, dtype=torch.float64) + w_sum @ H.double()
             converged = previous - kl < tolerance * kl.abs()
             if bool(converged.any()):
                 fitted[:, active[converged]] = H[:, converged]
                 keep = ~converged
                 if not bool(keep.any()):
                     return fitted
-                active, V, H, product = active[keep], V[:, keep], H[:, keep], product[:, keep]
+                active, V, H, model = active[keep], V[:, keep], H[:, keep], model[:, keep]
                 constant, kl = constant[keep], kl[keep]
+                product = torch.empty(V.shape, dtype=W_left.dtype, device=V.device)
             previous = kl
-        _apply_update(H, torch.mm(W_right, torch.div(V, product, out=product)), denominator)
+            ratio = torch.div(V, model, out=model).to(W_left.dtype)
+        _apply_update(H, torch.mm(W_right, ratio), denominator)
     fitted[:, active] = H
     return fitted
 
