@@ -9,7 +9,8 @@ T, K = nmf.n_components): the cost of the fit depends on the shapes and the iter
 The baseline is `baseline_vocal_probability` below: the same updates through the general batched
 `kl_h_step` (W^T 1 summed and W^T taken as a strided view at every step), kept here for comparison.
 Printed: the median over repeats of seconds per audio-minute for the baseline and for the library
-function at the config's settings, their ratio, and the largest |p_baseline - p| over the clips.
+function with its defaults (float32, all `nmf.test_iterations`: the paper's fit), their ratio, and
+the largest |p_baseline - p| over the clips.
 `--tolerance` / `--precision` add a row for the library function with that option (its speed-up
 and its difference from the baseline). Unless `--no-dnn`, the DNN's cost per audio-minute
 (`karaoke.inference.soft_mask`, an untrained network of the config's shape) is printed alongside.
@@ -30,10 +31,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from karaoke.masks import pad_frames
-from karaoke.models.nmf import EPS, column_uniform, nmf_vocal_probability, unpack_windows
+from karaoke.models.nmf import (
+    EPS,
+    column_uniform,
+    nmf_vocal_probability,
+    unpack_windows,
+)
 
-
-# The baseline: the library's test-time fit before it was specialised, verbatim but for the names.
+# The baseline: the test-time fit through the general batched H step, fixed here so that the
+# library's version is always measured against the same code.
 
 
 def _baseline_ratio(V: torch.Tensor, W: torch.Tensor, H: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
