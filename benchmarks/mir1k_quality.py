@@ -161,7 +161,10 @@ def nmf_separator(config: ExperimentConfig, train_songs: list[MixedSong]):
     start = time.perf_counter()
     W, _, _ = fit_nmf(V, np.concatenate(keys), config.nmf.n_components, config.nmf.train_iterations, config.nmf.seed)
     seconds = time.perf_counter() - start
-    separator = NmfSeparator(W[0], W[1], config.windows.n_frames, config.nmf.test_iterations, config.nmf.seed)
+    nmf = config.nmf
+    separator = NmfSeparator(
+        W[0], W[1], config.windows.n_frames, nmf.test_iterations, nmf.seed, nmf.test_tolerance, nmf.test_precision
+    )
     return separator, seconds
 
 

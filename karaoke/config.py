@@ -141,6 +141,12 @@ class NmfConfig:
     train_hop: Annotated[int, Field(ge=0)] = 0
     train_iterations: PositiveInt = 200
     test_iterations: PositiveInt = 100
+    # Test-time fit, beyond the paper when set. test_tolerance t > 0: each window's activations stop
+    # once its KL divergence fell by less than a fraction t over 5 iterations (0: all
+    # `test_iterations`, the paper). test_precision "bfloat16": the fit's matrix products in
+    # bfloat16 ("float32": the paper's result). Speed and score effects: docs/benchmarks.md.
+    test_tolerance: Annotated[float, Field(ge=0)] = 0.0
+    test_precision: Literal["float32", "bfloat16"] = "float32"
     seed: int = 0
     checkpoint_every: PositiveInt = 10
 

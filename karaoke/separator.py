@@ -67,12 +67,17 @@ class NmfSeparator:
     window_frames: int
     iterations: int
     seed: int
+    tolerance: float = 0.0  # nmf.test_tolerance
+    precision: str = "float32"  # nmf.test_precision
     method: str = "nmf"
 
     def vocal_probability(self, features: SongFeatures) -> np.ndarray:
         from karaoke.models.nmf import nmf_vocal_probability
 
-        return nmf_vocal_probability(features.mixture, self.W_v, self.W_nv, self.window_frames, self.iterations, self.seed)
+        return nmf_vocal_probability(
+            features.mixture, self.W_v, self.W_nv, self.window_frames, self.iterations, self.seed,
+            tolerance=self.tolerance, precision=self.precision,
+        )
 
 
 def load_separator(method: str, checkpoint: str | None, config: ExperimentConfig, device: Any = "cpu") -> Separator:
@@ -95,7 +100,10 @@ def load_separator(method: str, checkpoint: str | None, config: ExperimentConfig
         from karaoke.models.nmf import load_bases
 
         W_v, W_nv, _ = load_bases(folder, config, device=device)
-        return NmfSeparator(W_v, W_nv, config.windows.n_frames, config.nmf.test_iterations, config.nmf.seed)
+        nmf = config.nmf
+        return NmfSeparator(
+            W_v, W_nv, config.windows.n_frames, nmf.test_iterations, nmf.seed, nmf.test_tolerance, nmf.test_precision
+        )
 
 
 def song_probability(separator: Separator, song: MixedSong, config: ExperimentConfig) -> tuple[SongFeatures, np.ndarray]:

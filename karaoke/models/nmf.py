@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,12 @@ EPS = 1e-10
 KIND = "nmf"
 SOURCES = ("vocals", "accompaniment")
 Allreduce = Callable[[torch.Tensor], None]
+Precision = Literal["float32", "bfloat16"]
+PRODUCT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Windows fitted at once at test time: two (D, n) float32 buffers, 2 x 84 MB for D = 513 x 20.
+DEFAULT_CHUNK_WINDOWS = 2048
+# With a test-time tolerance, iterations between two checks of each window's KL divergence.
+TOLERANCE_EVERY = 5
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -180,21 +186,103 @@ def unpack_windows(spec: np.ndarray, window_frames: int) -> np.ndarray:
 
 
 def fit_activations(
-    V: torch.Tensor, W: torch.Tensor, iterations: int, seed: int, keys: np.ndarray, mean: float
+    V: torch.Tensor,
+    W: torch.Tensor,
+    iterations: int,
+    seed: int,
+    keys: np.ndarray,
+    mean: float,
+    tolerance: float = 0.0,
+    precision: Precision = "float32",
 ) -> torch.Tensor:
-    """H (K, N) for data V (D, N) and fixed bases W (D, K) by `iterations` KL updates.
+    """H (K, N) float32 for data V (D, N) and fixed bases W (D, K) by `iterations` KL updates.
 
-    Column n of the initial H depends only on (seed, keys[n]), so fitting in chunks of columns gives
-    the same H as fitting them all. `mean` is the data's mean, which sets the initial scale.
+    The update is `kl_h_step`'s, H <- max(H * (W^T (V / WH)) / (W^T 1 + EPS), EPS), for one problem
+    with every buffer allocated once: an iteration is two matrix products, one element-wise pass over
+    (D, N) and three over (K, N); W^T 1 is computed once, W being fixed.
+
+    Column n of the initial H depends only on (seed, keys[n]) and, W being fixed, each column is its
+    own problem, so fitting in chunks of columns gives the same H as fitting them all. `mean` is the
+    data's mean, which sets the initial scale. `tolerance` > 0 stops a column once its KL divergence
+    fell by less than that fraction over `TOLERANCE_EVERY` iterations (0: every column gets all
+    `iterations`). `precision` "bfloat16" does the two products in bfloat16 (about twice as fast
+    on CPUs with AVX512-BF16; H stays float32).
     """
+    n_inputs, n_columns = V.shape
     n_components = W.shape[1]
     scale = mean / (n_components * max(float(W.mean()), EPS))
-    H = (column_uniform(keys, n_components, seed, stream=0).to(V.device, V.dtype) * (2 * scale)).unsqueeze(0)
-    V, W = V.unsqueeze(0), W.unsqueeze(0)
-    scratch = torch.empty_like(V)
+    H = column_uniform(keys, n_components, seed, stream=0).to(V.device) * (2 * scale)
+    V = V.to(torch.float32).contiguous()
+    W = W.to(torch.float32).contiguous()
+    denominator = (W.sum(0) + EPS).unsqueeze(1)  # (K, 1)
+    dtype = PRODUCT_DTYPES[precision]
+    # W^T made contiguous once: both products then read their left factor row by row.
+    W_left = W.to(dtype)
+    W_right = W_left.T.contiguous()
+    if tolerance > 0:
+        return _fit_until_converged(V, W, W_left, W_right, denominator, H, iterations, tolerance)
+    product = torch.empty(n_inputs, n_columns, dtype=dtype, device=V.device)
+    numerator = torch.empty(n_components, n_columns, dtype=dtype, device=V.device)
     for _ in range(iterations):
-        H, _ = kl_h_step(V, W, H, with_objective=False, out=scratch)
-    return H[0]
+        torch.div(V, torch.mm(W_left, H.to(dtype), out=product), out=product)
+        _apply_update(H, torch.mm(W_right, product, out=numerator), denominator)
+    return H
+
+
+def _apply_update(H: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> None:
+    """H (K, N) <- max(H * numerator / denominator, EPS) in place, as `kl_h_step` rounds it
+    (numerator / denominator first); numerator (K, N) is overwritten, denominator is (K, 1)."""
+    ratio = numerator.div_(denominator) if numerator.dtype == H.dtype else numerator.float().div_(denominator)
+    H.mul_(ratio).clamp_min_(EPS)
+
+
+def _fit_until_converged(
+    V: torch.Tensor,
+    W: torch.Tensor,
+    W_left: torch.Tensor,
+    W_right: torch.Tensor,
+    denominator: torch.Tensor,
+    H: torch.Tensor,
+    iterations: int,
+    tolerance: float,
+) -> torch.Tensor:
+    """`fit_activations` with a per-column stopping rule: V (D, N), W (D, K) float32, W_left (D, K)
+    and W_right (K, D) in the products' dtype, denominator (K, 1), initial H (K, N) -> fitted H (K, N).
+
+    Every `TOLERANCE_EVERY` iterations, before the update, each column's KL(V_n || W H_n) =
+    sum V log V - V - V log WH + WH is compared with its value at the previous check; a column whose
+    relative decrease since then is below `tolerance` keeps its current H and leaves the active set,
+    so later iterations multiply only the active columns. The check costs a log over (D, N), about a
+    tenth of an iteration, hence not every iteration; its W H is float32 whatever the precision, as
+    bfloat16 rounding would swamp the small decreases it looks for.
+    """
+    fitted = H.clone()
+    active = torch.arange(H.shape[1], device=H.device)
+    w_sum = W.sum(0, dtype=torch.float64)
+    # The part of the KL that does not depend on H; float64 so that small relative changes show.
+    constant = (torch.xlogy(V, V) - V).sum(0, dtype=torch.float64)
+    previous = torch.full_like(constant, float("inf"))
+    product = torch.empty(V.shape, dtype=W_left.dtype, device=V.device)
+    for iteration in range(iterations):
+        if iteration % TOLERANCE_EVERY:
+            ratio = torch.div(V, torch.mm(W_left, H.to(W_left.dtype), out=product), out=product)
+        else:
+            model = torch.mm(W, H)
+            kl = constant - torch.log(model).mul_(V).sum(0, dtype=torch.float64) + w_sum @ H.double()
+            converged = previous - kl < tolerance * kl.abs()
+            if bool(converged.any()):
+                fitted[:, active[converged]] = H[:, converged]
+                keep = ~converged
+                if not bool(keep.any()):
+                    return fitted
+                active, V, H, model = active[keep], V[:, keep], H[:, keep], model[:, keep]
+                constant, kl = constant[keep], kl[keep]
+                product = torch.empty(V.shape, dtype=W_left.dtype, device=V.device)
+            previous = kl
+            ratio = torch.div(V, model, out=model).to(W_left.dtype)
+        _apply_update(H, torch.mm(W_right, ratio), denominator)
+    fitted[:, active] = H
+    return fitted
 
 
 def nmf_vocal_probability(
@@ -204,13 +292,17 @@ def nmf_vocal_probability(
     window_frames: int,
     iterations: int,
     seed: int = 0,
-    chunk_windows: int = 2048,
+    chunk_windows: int = DEFAULT_CHUNK_WINDOWS,
+    tolerance: float = 0.0,
+    precision: Precision = "float32",
 ) -> np.ndarray:
     """Soft vocal mask (n_bins, n_frames) of a unit-scale mixture magnitude (n_bins, n_frames).
 
-    Each hop-1 window gets S_v = W_v H_v / (W_v H_v + W_nv H_nv) with H fitted for W = [W_v W_nv];
-    bin (f, t) takes the mean of the S_v of every window covering it (Eq. 1). Windows are fitted in
-    chunks of `chunk_windows` columns (on W's device) to bound memory; the result does not depend on it.
+    Each hop-1 window gets S_v = W_v H_v / (W_v H_v + W_nv H_nv) with H fitted for W = [W_v W_nv]
+    (`fit_activations`, with its `tolerance` and `precision`); bin (f, t) takes the mean of the S_v
+    of every window covering it (Eq. 1). Windows are fitted in chunks of `chunk_windows` columns (on
+    W's device) to bound memory (two (n_bins * T, chunk_windows) float32 buffers); the result does
+    not depend on it.
     """
     n_bins, n_frames = mixture.shape
     if W_v.shape != W_nv.shape or W_v.shape[0] != n_bins * window_frames:
@@ -219,6 +311,7 @@ def nmf_vocal_probability(
         )
     device, n_components = W_v.device, W_v.shape[1]
     W = torch.cat([W_v, W_nv], dim=1).float().clamp_min(EPS)
+    W_v, W_nv = W[:, :n_components], W[:, n_components:]
     columns = unpack_windows(pad_frames(mixture.astype(np.float32, copy=False), window_frames), window_frames)
     n_windows = columns.shape[1]
     mean = float(columns.mean()) if columns.size else 0.0
@@ -226,9 +319,9 @@ def nmf_vocal_probability(
     for start in range(0, n_windows, chunk_windows):
         V = torch.from_numpy(columns[:, start : start + chunk_windows]).to(device)
         keys = np.arange(start, start + V.shape[1], dtype=np.uint64)
-        H = fit_activations(V, W, iterations, seed, keys, max(mean, EPS))
-        vocal = W_v.float() @ H[:n_components]
-        mask = vocal / (vocal + W_nv.float() @ H[n_components:] + EPS)
+        H = fit_activations(V, W, iterations, seed, keys, max(mean, EPS), tolerance, precision)
+        vocal = W_v @ H[:n_components]
+        mask = vocal / (vocal + W_nv @ H[n_components:] + EPS)
         # Window i covers frames i .. i+T-1: add its frame `offset` to frame i + offset.
         mask = mask.T.reshape(-1, n_bins, window_frames)
         for offset in range(window_frames):

@@ -11,6 +11,8 @@ import torch
 from karaoke.config import config_from_dict
 from karaoke.errors import CheckpointError
 from karaoke.models.nmf import (
+    EPS,
+    TOLERANCE_EVERY,
     column_uniform,
     fit_activations,
     fit_nmf,
@@ -137,6 +139,62 @@ def test_soft_mask_is_overlap_average_and_chunk_independent():
     windows = (vocal / (vocal + accompaniment)).T.reshape(-1, n_bins, T).numpy()
     np.testing.assert_allclose(whole, overlap_average(windows), rtol=1e-5, atol=1e-7)
     assert whole.min() >= 0 and whole.max() <= 1
+
+
+def _reference_activations(V: torch.Tensor, W: torch.Tensor, iterations: int, seed: int) -> torch.Tensor:
+    """The test-time fit written out in float64: H <- max(H * W^T (V / WH) / (W^T 1 + EPS), EPS)."""
+    V, W = V.double(), W.double()
+    n_components = W.shape[1]
+    keys = np.arange(V.shape[1], dtype=np.uint64)
+    H = column_uniform(keys, n_components, seed, stream=0).double()
+    H *= 2 * float(V.mean()) / (n_components * float(W.mean()))
+    for _ in range(iterations):
+        H = (H * (W.T @ (V / (W @ H))) / (W.sum(0, keepdim=True).T + EPS)).clamp_min(EPS)
+    return H
+
+
+@pytest.fixture()
+def small_problem():
+    generator = torch.Generator().manual_seed(1)
+    V = torch.rand(60, 25, generator=generator) ** 3
+    V[:, 3] = 0  # a silent window
+    W = torch.rand(60, 6, generator=generator) + 0.01
+    return V, W, np.arange(25, dtype=np.uint64)
+
+
+@pytest.mark.parametrize("iterations", [1, 40])
+def test_activations_equal_reference_updates(small_problem, iterations):
+    V, W, keys = small_problem
+    H = fit_activations(V, W, iterations, seed=4, keys=keys, mean=float(V.mean()))
+    expected = _reference_activations(V, W, iterations, seed=4)
+    assert H.dtype == torch.float32 and H.shape == (6, 25)
+    np.testing.assert_allclose(H.double().numpy(), expected.numpy(), rtol=1e-4, atol=1e-6 * float(expected.max()))
+
+
+def test_tolerance_stops_columns_at_a_check(small_problem):
+    V, W, keys = small_problem
+    mean = float(V.mean())
+    # An unreachable decrease: every column stops at the first check after the start.
+    stopped = fit_activations(V, W, 40, 4, keys, mean, tolerance=1e9)
+    first_check = _reference_activations(V, W, TOLERANCE_EVERY, seed=4)
+    np.testing.assert_allclose(stopped.double().numpy(), first_check.numpy(), rtol=1e-4, atol=1e-8)
+    # A tolerance no decrease falls below: the same H as without one.
+    full = fit_activations(V, W, 40, 4, keys, mean)
+    np.testing.assert_allclose(fit_activations(V, W, 40, 4, keys, mean, tolerance=1e-300).numpy(), full.numpy(), rtol=1e-6)
+    # In between, each column is its own problem: fitting a subset gives the same columns.
+    some = fit_activations(V, W, 40, 4, keys, mean, tolerance=1e-3)
+    subset = fit_activations(V[:, 10:], W, 40, 4, keys[10:], mean, tolerance=1e-3)
+    np.testing.assert_allclose(subset.numpy(), some[:, 10:].numpy(), rtol=1e-5)
+
+
+def test_bfloat16_products_stay_close(small_problem):
+    V, W, keys = small_problem
+    mean = float(V.mean())
+    full = fit_activations(V, W, 40, 4, keys, mean)
+    low = fit_activations(V, W, 40, 4, keys, mean, precision="bfloat16")
+    assert low.dtype == torch.float32 and torch.isfinite(low).all()
+    model, low_model = W @ full, W @ low
+    assert float(((low_model - model).abs() / model).max()) < 0.05
 
 
 def test_learned_bases_beat_the_mixture(training_matrix, nmf_config):
