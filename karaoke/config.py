@@ -173,6 +173,9 @@ DATA_SECTIONS = ("corpus", "stft", "windows")
 WINDOW_SECTIONS = ("stft", "windows")
 # A checkpoint loads only into a config that agrees with it on these (they fix its tensors' shapes):
 CHECKPOINT_SECTIONS = {"dnn": (*WINDOW_SECTIONS, "dnn"), "nmf": WINDOW_SECTIONS}
+# The NMF keys its bases depend on; the test-time ones (test_iterations, test_tolerance,
+# test_precision) only change how the fixed bases are applied, so they re-score without refitting.
+NMF_TRAINING_KEYS = ("nmf.n_components", "nmf.train_hop", "nmf.train_iterations", "nmf.seed", "nmf.checkpoint_every")
 # A training run folder holds weights made with these keys (sections or dotted keys): resuming it
 # under other values would label one model's weights with another's config, so that is refused.
 # `CONTINUABLE_KEYS` may grow on a rerun (more of the same training), see `pipelines.run_stages.guard`.
@@ -186,7 +189,7 @@ STAGE_SECTIONS = {
     "prepare": DATA_SECTIONS,
     "tune": (*DATA_SECTIONS, "dnn", "train", "nmf", "evaluation", "tune"),
     "dnn": (*DATA_SECTIONS, "dnn", "train"),
-    "nmf": (*DATA_SECTIONS, "nmf"),
+    "nmf": (*DATA_SECTIONS, *NMF_TRAINING_KEYS),
     "alpha": (*DATA_SECTIONS, "dnn", "train", "nmf", "evaluation"),
     "evaluate": (*DATA_SECTIONS, "dnn", "train", "nmf", "evaluation"),
     "report": (*DATA_SECTIONS, "dnn", "train", "nmf", "evaluation"),
@@ -395,8 +398,16 @@ def save_config(config: ExperimentConfig, path: str | Path) -> None:
 
 
 def config_digest(config: ExperimentConfig, *sections: str) -> str:
-    """Short stable hash of some config sections, used to tell outputs of other configs apart."""
+    """Short stable hash of some config sections or dotted keys ("nmf.seed"), used to tell outputs
+    of other configs apart."""
     data = config_to_dict(config)
-    picked = {name: data[name] for name in sections} if sections else data
+
+    def pick(key: str) -> Any:
+        node: Any = data
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    picked = {name: pick(name) for name in sections} if sections else data
     return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 

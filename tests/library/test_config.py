@@ -122,3 +122,17 @@ def test_machine_resources_are_outside_every_models_digest(tmp_path):
     for sections in (*STAGE_SECTIONS.values(), *CHECKPOINT_SECTIONS.values()):
         assert "resources" not in sections
         assert config_digest(one, *sections) == config_digest(two, *sections)
+
+
+def test_nmf_test_time_keys_rescore_without_refitting_the_bases(tmp_path):
+    from karaoke.config import STAGE_SECTIONS
+
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\n")
+    base = load_config(path)
+    for change in (["nmf.test_iterations=7"], ["nmf.test_precision=bfloat16"], ["nmf.test_tolerance=0.001"]):
+        other = load_config(path, change)
+        assert config_digest(base, *STAGE_SECTIONS["nmf"]) == config_digest(other, *STAGE_SECTIONS["nmf"])
+        assert config_digest(base, *STAGE_SECTIONS["evaluate"]) != config_digest(other, *STAGE_SECTIONS["evaluate"])
+    refit = load_config(path, ["nmf.seed=3"])
+    assert config_digest(base, *STAGE_SECTIONS["nmf"]) != config_digest(refit, *STAGE_SECTIONS["nmf"])
