@@ -106,7 +106,8 @@ def song_training_rows(
     parts = [training_rows(features, config)]
     for index, partner in enumerate(partners):
         parts.append(training_rows(song_features(remix(song, partner, index, config), config), config))
-    rows = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    # A song without remixes keeps its own arrays: concatenating one part would copy every window.
+    rows = {key: np.concatenate([part[key] for part in parts]) if partners else parts[0][key] for key in parts[0]}
     rows["remix"] = np.concatenate([np.full(len(part["start_frame"]), i, dtype=np.int64) for i, part in enumerate(parts)])
     return rows
 
