@@ -180,29 +180,11 @@ def format_row(name: str, scores: dict, train_seconds: float | None) -> str:
     return f"| {name} | " + " | ".join(cells) + f" | {seconds} |"
 
 
-def sar_gap_at_equal_sir(dnn_sweep: list[dict], nmf_sweep: list[dict], source: str = "vocals") -> float:
-    """Figure 3's comparison as one number: the mean over NMF's alpha points of DNN GSAR minus NMF
-    GSAR at the same GSIR (DNN's SAR-vs-SIR curve interpolated; NMF points outside DNN's SIR range
-    are skipped). NaN when the SIR ranges do not overlap."""
-    sir = np.array([s[f"{source}_gsir"] for s in dnn_sweep])
-    sar = np.array([s[f"{source}_gsar"] for s in dnn_sweep])
-    # An alpha whose estimate is silent on every clip has no score.
-    keep = np.isfinite(sir) & np.isfinite(sar)
-    sir, sar = sir[keep], sar[keep]
-    order = np.argsort(sir)
-    gaps = [
-        float(np.interp(point[f"{source}_gsir"], sir[order], sar[order])) - point[f"{source}_gsar"]
-        for point in nmf_sweep
-        if sir.min() <= point[f"{source}_gsir"] <= sir.max()
-    ]
-    return float(np.mean(gaps)) if gaps else float("nan")
-
-
 def report(paths: list[str], out_dir: str | None) -> None:
     """Print the markdown table of result files written by --json (and Figures 2 and 3 of the
     methods that kept their per-song rows into `out_dir`)."""
+    from karaoke.figures import figure_alpha_curves, figure_sar_vs_sir, gap_text, save_figure
     from karaoke.metrics import summarise
-    from karaoke.report import figure_alpha_curves, figure_sar_vs_sir
 
     print("| method | alpha | vocal GNSDR / GSIR / GSAR | accomp. GNSDR / GSIR / GSAR | best alpha | vocal | accomp. | train |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -219,16 +201,16 @@ def report(paths: list[str], out_dir: str | None) -> None:
             if scores.get("mask", "binary") == "binary" and method in ("dnn", "nmf") and scores.get("rows"):
                 sweeps[method] = scores["sweep"]
                 rows += [{**row, "method": method} for row in scores["rows"]]
+    # Each method over the clips it was scored on (the NMF's hop-1 fits are costly on a CPU, so it
+    # may have fewer): the curves' 95% intervals show how much that matters.
+    table = summarise(rows) if rows else []
     if {"dnn", "nmf"} <= set(sweeps):
-        for source in ("vocals", "accompaniment"):
-            print(f"{source}: DNN GSAR - NMF GSAR at equal GSIR: {sar_gap_at_equal_sir(sweeps['dnn'], sweeps['nmf'], source):.2f} dB")
+        for source in ("mean", "vocals", "accompaniment"):
+            print(f"{source}: {gap_text(table, source)}")
     if out_dir and rows:
-        # Each method over the clips it was scored on (the NMF's hop-1 fits are costly on a CPU, so it
-        # may have fewer): the curves' 95% intervals show how much that matters.
-        table = summarise(rows)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        figure_alpha_curves(table, Path(out_dir) / "figure2_alpha.png")
-        figure_sar_vs_sir(table, Path(out_dir) / "figure3_sar_vs_sir.png")
+        save_figure(figure_alpha_curves(table), Path(out_dir) / "figure2_alpha.png")
+        save_figure(figure_sar_vs_sir(table), Path(out_dir) / "figure3_sar_vs_sir.png")
         counts = {m: len({r["song_id"] for r in rows if r["method"] == m}) for m in sweeps}
         print(f"figures in {out_dir} (clips per method: {counts})")
 

@@ -139,6 +139,9 @@ class NmfConfig:
     # k frames, e.g. the paper's 60 when the DNN's windows are denser (`windows.train_hop`) or
     # remixed: the fit's time and memory grow with its number of windows.
     train_hop: Annotated[int, Field(ge=0)] = 0
+    # False: fit only the songs' own windows, not their remixes (`windows.remixes`, a DNN
+    # augmentation beyond the paper): the fit's time grows with its number of windows.
+    train_remixes: bool = True
     train_iterations: PositiveInt = 200
     test_iterations: PositiveInt = 100
     # Test-time fit, beyond the paper when set. test_tolerance t > 0: each window's activations stop
@@ -152,7 +155,7 @@ class NmfConfig:
 
 
 def _default_alphas() -> tuple[float, ...]:
-    return tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
+    return tuple(round(0.1 * i, 1) for i in range(1, 10))
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -162,8 +165,10 @@ class EvaluationConfig:
     alphas: tuple[Alpha, ...] = Field(default_factory=_default_alphas)
     alpha: Alpha = 0.5
     split: Split = "test"
-    # "binary": the paper's Eq. 2 masks; "soft" (beyond the paper): the masks p and 1 - p themselves,
-    # alpha ignored (`karaoke.masks.alpha_masks`).
+    # The mask a separation applies: "binary", the paper's Eq. 2; "soft" (beyond the paper), the
+    # masks p and 1 - p themselves, alpha ignored (`karaoke.masks.alpha_masks`). Evaluation always
+    # sweeps the binary masks over `alphas` (the paper's Figs. 2 and 3) and, with "soft", also
+    # scores the soft masks once.
     mask: Literal["binary", "soft"] = "binary"
 
 
@@ -175,7 +180,9 @@ WINDOW_SECTIONS = ("stft", "windows")
 CHECKPOINT_SECTIONS = {"dnn": (*WINDOW_SECTIONS, "dnn"), "nmf": WINDOW_SECTIONS}
 # The NMF keys its bases depend on; the test-time ones (test_iterations, test_tolerance,
 # test_precision) only change how the fixed bases are applied, so they re-score without refitting.
-NMF_TRAINING_KEYS = ("nmf.n_components", "nmf.train_hop", "nmf.train_iterations", "nmf.seed", "nmf.checkpoint_every")
+NMF_TRAINING_KEYS = (
+    "nmf.n_components", "nmf.train_hop", "nmf.train_remixes", "nmf.train_iterations", "nmf.seed", "nmf.checkpoint_every"
+)
 # A training run folder holds weights made with these keys (sections or dotted keys): resuming it
 # under other values would label one model's weights with another's config, so that is refused.
 # `CONTINUABLE_KEYS` may grow on a rerun (more of the same training), see `pipelines.run_stages.guard`.

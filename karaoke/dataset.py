@@ -40,7 +40,8 @@ MANIFEST = "manifest.json"
 SPLITS = ("train", "valid", "test")
 SONG_SPLITS = ("valid", "test")
 TENSOR_COLUMNS = ("mixture", "ibm", "vocals", "accompaniment")
-WINDOW_COLUMNS = ("song_id", "start_frame", *TENSOR_COLUMNS)
+# `remix`: 0 for a window of the song itself, i + 1 for its remix i (`windows.remixes`).
+WINDOW_COLUMNS = ("song_id", "start_frame", "remix", *TENSOR_COLUMNS)
 AUDIO_COLUMNS = ("mixture", "vocals", "accompaniment")
 META_KEY = b"karaoke"
 # Dictionary encoding of the tensor values (pyarrow's default for every column) finds no repeats in
@@ -113,7 +114,7 @@ def split_files(dataset: str, split: str, kind: str = "window") -> list[str]:
 def read_windows(dataset: str, split: str, columns: list[str] | None = None) -> dict[str, np.ndarray]:
     """All training windows of a split as arrays, without Ray.
 
-    Returns `song_id` (n_rows,) str, `start_frame` (n_rows,) int64, and tensor columns of shape
+    Returns `song_id` (n_rows,) str, `start_frame` and `remix` (n_rows,) int64, and tensor columns of shape
     (n_rows, n_bins, T) as stored (float16 magnitudes, uint8 IBM). `columns` picks a subset.
     """
     import pyarrow as pa
@@ -139,7 +140,7 @@ def read_windows(dataset: str, split: str, columns: list[str] | None = None) -> 
         else:
             chunks = [t.column(name) for t in tables]
             values = pa.chunked_array(chunks).to_numpy() if chunks else np.zeros(0)
-            out[name] = values.astype(np.int64 if name == "start_frame" else str)
+            out[name] = values.astype(str if name == "song_id" else np.int64)
     return out
 
 

@@ -3,7 +3,7 @@
 - Whole-song scores (the paper) and framewise scores over 1 s windows, summarised by their median
   over windows (the SiSEC convention; silent windows are skipped), from the fast exact engine
   (`karaoke.bss_engine`); `bss_eval_mir_eval` is the reference implementation it is tested against.
-- A scores row is one separation of one song: `alpha`, `{source}_{metric}` (whole song, dB),
+- A scores row is one separation of one song: `mask` ("binary": Eq. 2, or "soft"), `alpha`, `{source}_{metric}` (whole song, dB),
   `{source}_{metric}_frames` (median over 1 s windows) and `{source}_sdr_mixture` (SDR of the
   unprocessed mixture taken as the estimate, the baseline of NSDR), for source in SOURCES and
   metric in METRICS. Callers add `method`, `song_id`, `split` and `seconds`.
@@ -123,7 +123,7 @@ def score_alpha_grid(
 
     mixture_stft: (n_bins, n_frames) complex; probability: (n_bins, n_frames) vocal probability;
     references: (2, n_samples) [vocals, accompaniment]; mixture: (n_samples,). One row per alpha
-    (`alpha` plus the columns of the module docstring; framewise ones only with `sample_rate`).
+    (`mask`, `alpha` and the columns of the module docstring; framewise ones only with `sample_rate`).
     `mode` is the mask mode of `karaoke.masks.alpha_masks` ("binary": Eq. 2).
     """
     from karaoke.masks import masks_to_audio
@@ -134,7 +134,7 @@ def score_alpha_grid(
     # One alpha at a time: a whole sweep of a long song would hold gigabytes of estimates.
     for alpha in alphas:
         estimates = np.stack(masks_to_audio(mixture_stft, probability, alpha, stft_cfg, n_samples, mode))
-        rows.append({"alpha": float(alpha), **scorer.score(estimates[None])[0]})
+        rows.append({"mask": mode, "alpha": float(alpha), **scorer.score(estimates[None])[0]})
     return rows
 
 
@@ -156,7 +156,9 @@ def confidence_interval(values: Iterable[float], level: float = 0.95) -> tuple[f
     return mean, mean - half, mean + half
 
 
-def summarise(rows: Sequence[dict], by: Sequence[str] = ("method", "alpha"), level: float = 0.95) -> list[dict]:
+def summarise(
+    rows: Sequence[dict], by: Sequence[str] = ("method", "mask", "alpha"), level: float = 0.95
+) -> list[dict]:
     """Mean and confidence interval across songs of every score, per group of `by` values.
 
     Adds `mean_{metric}` (the average of the two sources of a song, the paper's Fig. 2a) to the
@@ -165,7 +167,8 @@ def summarise(rows: Sequence[dict], by: Sequence[str] = ("method", "alpha"), lev
     """
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[key] for key in by), []).append(row)
+        # A row without `mask` is a binary-mask (Eq. 2) row.
+        groups.setdefault(tuple(row.get(key, "binary") if key == "mask" else row[key] for key in by), []).append(row)
     out = []
     for key in sorted(groups):
         members = groups[key]

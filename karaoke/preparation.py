@@ -51,8 +51,9 @@ def window_table(song_id: str, rows: dict[str, np.ndarray], n_bins: int, n_frame
     import pyarrow as pa
 
     n = len(rows["start_frame"])
-    fields = [pa.field("song_id", pa.string()), pa.field("start_frame", pa.int64())]
-    arrays = [pa.array([song_id] * n, pa.string()), pa.array(rows["start_frame"], pa.int64())]
+    fields = [pa.field("song_id", pa.string()), pa.field("start_frame", pa.int64()), pa.field("remix", pa.int64())]
+    remixes = rows["remix"] if "remix" in rows else np.zeros(n, np.int64)
+    arrays = [pa.array([song_id] * n, pa.string()), pa.array(rows["start_frame"], pa.int64()), pa.array(remixes, pa.int64())]
     for name in TENSOR_COLUMNS:
         dtype = np.uint8 if name == "ibm" else np.float16
         values = _as_dtype(rows[name], dtype).reshape(n, n_bins, n_frames)

@@ -8,15 +8,18 @@ Input layout (inside a run directory RUN):
   `accompaniment_sir`, `accompaniment_sar` (whole-song BSS-EVAL, dB). Optional: the framewise
   medians `{source}_{metric}_frames` and `{source}_sdr_mixture` (for GNSDR), as made by
   `karaoke.metrics.score_alpha_grid`. The IBM does not depend on alpha: its rows may carry any alpha.
+  Also `mask` ("binary", Eq. 2, when absent; or "soft").
 - `RUN/scores/excerpt.npz` (optional, for Figure 1): float arrays `mixture`, `vocals`,
-  `accompaniment`, `vocals_estimate`, `accompaniment_estimate` (each (n_samples,)) and integers
-  `sample_rate`, `n_fft`, `hop_length`.
+  `accompaniment`, `vocals_estimate`, `accompaniment_estimate` (each (n_samples,)), integers
+  `sample_rate`, `n_fft`, `hop_length`, and optionally `song_id`, `start_seconds`, `method`, `alpha`
+  for its title.
 
 Output, in `RUN/report/`: `figure1.png` (spectrograms of the excerpt's sources, mixture and
 separated sources, when the excerpt exists), `figure2.png` (SDR/SIR/SAR vs alpha with 95%
 confidence intervals across songs, for a: the mean of the two sources, b: vocals, c:
-accompaniment), `figure3.png` (SAR vs SIR for 0.1 < alpha < 0.9, DNN vs NMF), `summary.csv` (mean
-and interval per method and alpha) and `report.md` (the tables and figures), written last.
+accompaniment), `figure3.png` (SAR vs SIR for 0.1 < alpha < 0.9, DNN vs NMF; `karaoke.figures`),
+`summary.csv` (mean and interval per method, mask and alpha) and `report.md`, written last: it opens
+with Figure 3's comparison as numbers and the GNSDR table, then the figures and full tables.
 """
 
 from __future__ import annotations
@@ -27,17 +30,18 @@ from pathlib import Path
 import numpy as np
 
 from karaoke.errors import KaraokeError
+from karaoke.figures import (
+    PANELS,
+    figure_alpha_curves,
+    figure_sar_vs_sir,
+    figure_spectrograms,
+    gap_text,
+    save_figure,
+)
 from karaoke.metrics import METRICS, SCORE_COLUMNS, global_scores, summarise
 from karaoke.storage import write_file
 
 REQUIRED_COLUMNS = ("method", "song_id", "split", "alpha", "seconds", *SCORE_COLUMNS)
-PANELS = (
-    ("mean", "a: mean of vocals and accompaniment"),
-    ("vocals", "b: vocals"),
-    ("accompaniment", "c: accompaniment"),
-)
-STYLE = {"dnn": ("C0", "-", "DNN"), "nmf": ("C1", "-", "NMF"), "ibm": ("C2", "--", "IBM")}
-DPI = 100
 
 
 class ScoresError(KaraokeError, ValueError):
@@ -90,121 +94,9 @@ def read_scores(path: str | Path) -> list[dict]:
     rows = table.to_pylist()
     for row in rows:
         row["method"] = str(row["method"]).lower()
+        # A table of binary-mask scores only may leave the mask out.
+        row["mask"] = str(row.get("mask") or "binary").lower()
     return rows
-
-
-def _style(method: str, index: int) -> tuple[str, str, str]:
-    return STYLE.get(method, (f"C{3 + index}", ":", method))
-
-
-def _curves(summary: Sequence[dict], method: str, column: str, alphas: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(alpha, mean, low, high) of one method; a method scored at one alpha only (the IBM) is flat."""
-    rows = [r for r in summary if r["method"] == method]
-    x = np.array([r["alpha"] for r in rows], dtype=float)
-    values = [
-        np.array([r.get(f"{column}{suffix}", np.nan) for r in rows], dtype=float) for suffix in ("", "_low", "_high")
-    ]
-    if len(x) == 1:
-        return (np.array([alphas.min(), alphas.max()]), *[np.repeat(v, 2) for v in values])
-    return (x, *values)
-
-
-def figure_alpha_curves(summary: Sequence[dict], path: str | Path) -> Path:
-    """Figure 2: 3 x 3 panels, rows a/b/c (mean, vocals, accompaniment), columns SDR/SIR/SAR."""
-    from matplotlib.figure import Figure
-
-    methods = sorted(
-        {r["method"] for r in summary}, key=lambda m: (m not in STYLE, list(STYLE).index(m) if m in STYLE else 0, m)
-    )
-    alphas = np.array(sorted({r["alpha"] for r in summary}), dtype=float)
-    fig = Figure(figsize=(13, 10), dpi=DPI, layout="constrained")
-    axes = fig.subplots(3, 3, sharex=True)
-    for row, (source, title) in enumerate(PANELS):
-        for col, metric in enumerate(METRICS):
-            ax = axes[row, col]
-            for k, method in enumerate(methods):
-                colour, line, label = _style(method, k)
-                x, mean, low, high = _curves(summary, method, f"{source}_{metric}", alphas)
-                ax.plot(x, mean, line, color=colour, label=label, marker="o" if len(x) > 2 else None, markersize=3)
-                ax.fill_between(x, low, high, color=colour, alpha=0.2, linewidth=0)
-            ax.set_title(f"{title}: {metric.upper()}", fontsize=10)
-            ax.grid(alpha=0.3)
-            if col == 0:
-                ax.set_ylabel("dB")
-            if row == 2:
-                ax.set_xlabel("alpha")
-    axes[0, 0].legend(loc="best", fontsize=9)
-    fig.suptitle("SDR, SIR and SAR against alpha (mean and 95% confidence interval across songs)")
-    return write_file(Path(path), lambda handle: fig.savefig(handle, format="png"))
-
-
-def figure_sar_vs_sir(summary: Sequence[dict], path: str | Path, methods: Sequence[str] = ("dnn", "nmf")) -> Path:
-    """Figure 3: SAR against SIR for 0.1 < alpha < 0.9, one curve per method, per panel a/b/c."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(14, 4.8), dpi=DPI, layout="constrained")
-    axes = fig.subplots(1, 3)
-    for ax, (source, title) in zip(axes, PANELS):
-        for k, method in enumerate(methods):
-            rows = sorted(
-                (r for r in summary if r["method"] == method and 0.1 < r["alpha"] < 0.9), key=lambda r: r["alpha"]
-            )
-            if not rows:
-                continue
-            colour, line, label = _style(method, k)
-            sir = np.array([r[f"{source}_sir"] for r in rows])
-            sar = np.array([r[f"{source}_sar"] for r in rows])
-            ax.plot(sir, sar, line, color=colour, marker="o", markersize=3, label=label)
-            for end in (rows[0], rows[-1]):
-                ax.annotate(
-                    f"{end['alpha']:.2f}",
-                    (end[f"{source}_sir"], end[f"{source}_sar"]),
-                    fontsize=8,
-                    textcoords="offset points",
-                    xytext=(4, 4),
-                    color=colour,
-                )
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("SIR (dB)")
-        ax.set_ylabel("SAR (dB)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(loc="best", fontsize=9)
-    fig.suptitle("SAR against SIR as alpha goes from 0.1 to 0.9 (labels: alpha at the ends)")
-    return write_file(Path(path), lambda handle: fig.savefig(handle, format="png"))
-
-
-def figure_spectrograms(
-    signals: dict[str, np.ndarray], sample_rate: int, n_fft: int, hop_length: int, path: str | Path
-) -> Path:
-    """Figure 1: log-magnitude spectrograms (dB re the mixture's peak), one row per named signal."""
-    from matplotlib.figure import Figure
-
-    from karaoke.config import StftConfig
-    from karaoke.spectral import stft
-
-    stft_cfg = StftConfig(n_fft=n_fft, hop_length=hop_length)
-    names = list(signals)
-    magnitudes = np.abs(stft(np.stack([np.asarray(signals[n], dtype=np.float32) for n in names]), stft_cfg))
-    reference = float(np.max(magnitudes[names.index("mixture")] if "mixture" in names else magnitudes)) or 1.0
-    decibels = 20 * np.log10(np.maximum(magnitudes / reference, 1e-5))
-    seconds = len(next(iter(signals.values()))) / sample_rate
-    fig = Figure(figsize=(10, 2.3 * len(names)), dpi=DPI, layout="constrained")
-    axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, name, db in zip(axes, names, decibels):
-        image = ax.imshow(
-            db,
-            origin="lower",
-            aspect="auto",
-            cmap="magma",
-            vmin=-80,
-            vmax=0,
-            extent=(0, seconds, 0, sample_rate / 2000),
-        )
-        ax.set_title(name.replace("_", " "), fontsize=10)
-        ax.set_ylabel("kHz")
-    axes[-1].set_xlabel("seconds")
-    fig.colorbar(image, ax=list(axes), label="dB", shrink=0.6)
-    return write_file(Path(path), lambda handle: fig.savefig(handle, format="png"))
 
 
 def _fmt(row: dict, column: str) -> str:
@@ -214,70 +106,130 @@ def _fmt(row: dict, column: str) -> str:
     return f"{mean:.2f} [{low:.2f}, {high:.2f}]" if np.isfinite(low) else f"{mean:.2f}"
 
 
-def _markdown(summary: Sequence[dict], rows: Sequence[dict], figures: Sequence[str], source_path: Path) -> str:
+def _fmt(row: dict, column: str, members: Sequence[dict]) -> str:
+    mean, low, high = row.get(column, np.nan), row.get(f"{column}_low", np.nan), row.get(f"{column}_high", np.nan)
+    if mean is None or not np.isfinite(mean):
+        return "n/a"
+    text = f"{mean:.2f} [{low:.2f}, {high:.2f}]" if low is not None and np.isfinite(low) else f"{mean:.2f}"
+    return text + _defined(members, [column])
+
+
+def _defined(members: Sequence[dict], columns: Sequence[str]) -> str:
+    """' (k of n songs)' when a score is undefined (a silent source or estimate) for some songs: the
+    mean is over the others, and a reader must see that it is."""
+    def finite(row: dict, column: str) -> bool:
+        if column.startswith("mean_"):
+            return all(finite(row, f"{s}_{column[5:]}") for s in ("vocals", "accompaniment"))
+        value = row.get(column)
+        return value is not None and bool(np.isfinite(value))
+
+    k = sum(all(finite(r, c) for c in columns) for r in members)
+    return "" if k == len(members) else f" ({k} of {len(members)} songs)"
+
+
+def _members(rows: Sequence[dict], entry: dict) -> list[dict]:
+    return [r for r in rows if all(r[key] == entry[key] for key in ("method", "mask", "alpha"))]
+
+
+def _headline(summary: Sequence[dict], alpha: float) -> list[dict]:
+    """The summary rows a reader looks at first: every method at `alpha` (the IBM at its one alpha)."""
+    def at(row: dict) -> bool:
+        return abs(row["alpha"] - alpha) < 1e-9 or (row["method"] == "ibm")
+
+    return [r for r in summary if at(r)]
+
+
+def _markdown(summary: Sequence[dict], rows: Sequence[dict], figures: Sequence[str], source_path: Path, alpha: float) -> str:
     songs = sorted({r["song_id"] for r in rows})
     lines = [
         "# Deep Karaoke: evaluation report",
         "",
+        "## Does this run reproduce the paper?",
+        "",
+        (
+            "The paper's claim (its Figure 3): as alpha moves, the DNN trades interference for artefacts "
+            "better than the NMF, with a higher SAR at equal SIR. Here (binary masks, 0.1 < alpha < 0.9):"
+        ),
+        "",
+    ]
+    lines += [f"- {title}: {gap_text(summary, panel)}" for panel, title in PANELS]
+    lines.append("")
+    if all(f"{s}_sdr_mixture" in rows[0] for s in ("vocals", "accompaniment")):
+        lines += [
+            f"GNSDR, GSIR, GSAR (dB, length-weighted over songs) at alpha {alpha:.2f}:",
+            "",
+            "| method | mask | alpha | songs | vocals GNSDR | GSIR | GSAR | acc. GNSDR | GSIR | GSAR |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in _headline(summary, alpha):
+            members = _members(rows, r)
+            g = global_scores(members)
+            cells = [f"{g[f'{s}_{n}']:.2f}" for s in ("vocals", "accompaniment") for n in ("gnsdr", "gsir", "gsar")]
+            count = f"{len(members)}{_defined(members, [f'{s}_sdr' for s in ('vocals', 'accompaniment')])}"
+            lines.append(f"| {r['method']} | {r['mask']} | {r['alpha']:.2f} | {count} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
         (
             f"Scores: `{source_path}` ({len(rows)} rows, {len(songs)} songs, "
             f"methods {', '.join(sorted({r['method'] for r in rows}))}). Whole-song BSS-EVAL in dB; "
-            "each cell is the mean across songs with its 95% confidence interval."
+            "each cell below is the mean across songs with its 95% confidence interval, over the songs "
+            "where the score is defined (a count follows a cell where some are not)."
         ),
         "",
     ]
     lines += [f"![{name}]({name})" for name in figures] + [""]
-    for source, title in PANELS:
+    for panel, title in PANELS:
         lines += [
             f"## {title[3:].capitalize()}",
             "",
-            "| method | alpha | songs | SDR | SIR | SAR |",
-            "|---|---|---|---|---|---|",
+            "| method | mask | alpha | songs | SDR | SIR | SAR |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in summary:
-            cells = [_fmt(r, f"{source}_{m}") for m in METRICS]
-            lines.append(f"| {r['method']} | {r['alpha']:.2f} | {r['n_songs']} | " + " | ".join(cells) + " |")
-        lines.append("")
-    if all(f"{s}_sdr_mixture" in rows[0] for s in ("vocals", "accompaniment")):
-        lines += [
-            "## GNSDR, GSIR, GSAR (length-weighted over songs)",
-            "",
-            "| method | alpha | vocals GNSDR | vocals GSIR | vocals GSAR | acc. GNSDR | acc. GSIR | acc. GSAR |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for r in summary:
-            members = [x for x in rows if x["method"] == r["method"] and x["alpha"] == r["alpha"]]
-            g = global_scores(members)
-            cells = [f"{g[f'{s}_{n}']:.2f}" for s in ("vocals", "accompaniment") for n in ("gnsdr", "gsir", "gsar")]
-            lines.append(f"| {r['method']} | {r['alpha']:.2f} | " + " | ".join(cells) + " |")
+            members = _members(rows, r)
+            cells = [_fmt(r, f"{panel}_{m}", members) for m in METRICS]
+            lines.append(f"| {r['method']} | {r['mask']} | {r['alpha']:.2f} | {r['n_songs']} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Figures 1-3, summary.csv and report.md in RUN/report/ from RUN/scores/ (see the module docstring)."""
+    """Figures 1-3, summary.csv and report.md in RUN/report/ from RUN/scores/ (see the module
+    docstring). The report opens at the `evaluation.alpha` of RUN/scores/config.yaml (0.5 without one)."""
     run_dir = Path(run_dir)
     scores_path = find_scores(run_dir)
+    alpha = 0.5
+    if (run_dir / "scores" / "config.yaml").is_file():
+        from karaoke.config import load_config
+
+        alpha = load_config(run_dir / "scores" / "config.yaml").evaluation.alpha
     rows = read_scores(scores_path)
     summary = summarise(rows)
     out = run_dir / "report"
     figures = []
     excerpt = run_dir / "scores" / "excerpt.npz"
     if excerpt.is_file():
-        figures.append(_excerpt_figure(excerpt, out / "figure1.png"))
-    figures.append(figure_alpha_curves(summary, out / "figure2.png").name)
-    figures.append(figure_sar_vs_sir(summary, out / "figure3.png").name)
+        figures.append(save_figure(excerpt_figure(excerpt), out / "figure1.png").name)
+    figures.append(save_figure(figure_alpha_curves(summary), out / "figure2.png").name)
+    figures.append(save_figure(figure_sar_vs_sir(summary), out / "figure3.png").name)
     write_scores(summary, out / "summary.csv")
-    page = _markdown(summary, rows, figures, scores_path.relative_to(run_dir))
+    page = _markdown(summary, rows, figures, scores_path.relative_to(run_dir), alpha)
     return write_file(out / "report.md", lambda handle: handle.write(page.encode()))
 
 
-def _excerpt_figure(path: Path, out: Path) -> str:
+def excerpt_figure(path: Path):
+    """Figure 1 from an excerpt.npz (the layout of the module docstring)."""
     names = ("vocals", "accompaniment", "mixture", "vocals_estimate", "accompaniment_estimate")
     with np.load(path) as data:
         missing = [k for k in (*names, "sample_rate", "n_fft", "hop_length") if k not in data.files]
         if missing:
             raise ScoresError(f"{path}: missing arrays {missing} (see karaoke/report.py for the layout)")
         signals = {name: data[name] for name in names}
-        figure_spectrograms(signals, int(data["sample_rate"]), int(data["n_fft"]), int(data["hop_length"]), out)
-    return out.name
+        rate = int(data["sample_rate"])
+        title = "Figure 1"
+        if "song_id" in data.files:
+            title = (
+                f"{data['song_id']} from {float(data['start_seconds']):.2f} s: {str(data['method']).upper()}, "
+                f"binary masks at alpha {float(data['alpha']):.2f}"
+            )
+        return figure_spectrograms(signals, rate, int(data["n_fft"]), int(data["hop_length"]), title)

@@ -6,11 +6,11 @@ one split, one parallel Ray task per (song, separator), into RUN/scores/ (the la
 
 Songs come from the prepared dataset (`--dataset`, its `songs/<split>/` shards) or, without one,
 straight from the config's corpus. Each task computes the separator's vocal probability once and
-scores every alpha of `evaluation.alphas` whole-song and framewise (1 s) with the fast engine.
-Written, each through a rename: RUN/scores/scores.parquet (one row per method, song, alpha),
-summary.json (mean and 95% confidence interval across songs per method and alpha, and GNSDR/GSIR/
-GSAR), excerpt.npz (the first song's first 10 s separated by the first method at
-`evaluation.alpha`, for Figure 1) and config.yaml. A method is given as (name, checkpoint): ("ibm", None),
+scores it (`score_song`: binary masks at every alpha, soft masks once when the config uses them)
+whole-song and framewise (1 s) with the fast engine. Written, each through a rename:
+RUN/scores/scores.parquet (one row per method, song, mask and alpha), summary.json (mean and 95%
+confidence interval across songs per method, mask and alpha, and GNSDR/GSIR/GSAR), excerpt.npz
+(Figure 1: 1.5 s of the first song separated by the DNN, see `excerpt_arrays`) and config.yaml. A method is given as (name, checkpoint): ("ibm", None),
 ("dnn", folder or URL), ("nmf", folder or URL).
 """
 
@@ -22,41 +22,69 @@ from typing import Any
 
 import numpy as np
 
-EXCERPT_SECONDS = 10.0
+EXCERPT_SECONDS = 1.5
 
 
 def score_song(song, method: str, checkpoint: str | None, config, excerpt: bool = False) -> dict[str, Any]:
-    """Scores rows of one song and method over the alpha grid (and the excerpt arrays if asked)."""
-    from karaoke.masks import masks_to_audio
+    """Scores rows of one song and method (and the excerpt arrays if asked).
+
+    Binary masks (Eq. 2) at every alpha of `evaluation.alphas`, and with `evaluation.mask` "soft"
+    the soft masks once (at `evaluation.alpha`, which they ignore). The IBM does not depend on alpha
+    or on the mask mode: it is scored once, binary at `evaluation.alpha`.
+    """
     from karaoke.metrics import score_alpha_grid
     from karaoke.separator import load_separator, song_probability
 
     torch_threads(1)
+    evaluation = config.evaluation
     features, probability = song_probability(load_separator(method, checkpoint, config), song, config)
     mixture_stft = features.mixture_stft
     references = np.stack([song.vocals, song.accompaniment])
-    rows = score_alpha_grid(
-        mixture_stft, probability, references, song.mixture, config.evaluation.alphas, config.stft, song.sample_rate,
-        config.evaluation.mask,
-    )
+    rows = []
+    for mode, alphas in scored_grid(method, evaluation):
+        rows += score_alpha_grid(
+            mixture_stft, probability, references, song.mixture, alphas, config.stft, song.sample_rate, mode
+        )
     meta = {"method": method, "song_id": song.song_id, "split": song.split, "seconds": song.seconds}
     result: dict[str, Any] = {"rows": [meta | row for row in rows]}
     if excerpt:
-        n = min(len(song.mixture), int(EXCERPT_SECONDS * song.sample_rate))
-        vocals, accompaniment = masks_to_audio(
-            mixture_stft, probability, config.evaluation.alpha, config.stft, len(song.mixture), config.evaluation.mask
-        )
-        result["excerpt"] = {
-            "mixture": song.mixture[:n],
-            "vocals": song.vocals[:n],
-            "accompaniment": song.accompaniment[:n],
-            "vocals_estimate": vocals[:n],
-            "accompaniment_estimate": accompaniment[:n],
-            "sample_rate": song.sample_rate,
-            "n_fft": config.stft.n_fft,
-            "hop_length": config.stft.hop_length,
-        }
+        result["excerpt"] = excerpt_arrays(song, mixture_stft, probability, method, config)
     return result
+
+
+def scored_grid(method: str, evaluation) -> list[tuple[str, tuple[float, ...]]]:
+    """(mask mode, alphas) pairs a method is scored at (see `score_song`)."""
+    if method == "ibm":
+        return [("binary", (evaluation.alpha,))]
+    grid = [("binary", tuple(evaluation.alphas))]
+    return grid + [("soft", (evaluation.alpha,))] if evaluation.mask == "soft" else grid
+
+
+def excerpt_arrays(song, mixture_stft: np.ndarray, probability: np.ndarray, method: str, config) -> dict[str, Any]:
+    """Figure 1's data: `EXCERPT_SECONDS` of the song where its vocals are loudest, the sources
+    and the method's binary-mask (Eq. 2) estimates at `evaluation.alpha` (the paper's figure)."""
+    from karaoke.masks import masks_to_audio
+
+    alpha = config.evaluation.alpha
+    vocals, accompaniment = masks_to_audio(mixture_stft, probability, alpha, config.stft, len(song.mixture), "binary")
+    n = min(len(song.mixture), int(EXCERPT_SECONDS * song.sample_rate))
+    energy = np.concatenate([[0.0], np.cumsum(np.asarray(song.vocals, dtype=np.float64) ** 2)])
+    start = int(np.argmax(energy[n:] - energy[:-n])) if len(energy) > n else 0
+    part = slice(start, start + n)
+    return {
+        "mixture": song.mixture[part],
+        "vocals": song.vocals[part],
+        "accompaniment": song.accompaniment[part],
+        "vocals_estimate": vocals[part],
+        "accompaniment_estimate": accompaniment[part],
+        "sample_rate": song.sample_rate,
+        "n_fft": config.stft.n_fft,
+        "hop_length": config.stft.hop_length,
+        "song_id": song.song_id,
+        "start_seconds": start / song.sample_rate,
+        "method": method,
+        "alpha": alpha,
+    }
 
 
 def torch_threads(n: int) -> None:
@@ -112,22 +140,26 @@ def _score(config, scores_dir: Path, methods: list[tuple[str, str | None]], song
     scores_dir.mkdir(parents=True, exist_ok=True)
     task = ray.remote(num_cpus=1)(score_song)
     config_ref = ray.put(config)
+    # Figure 1 shows the DNN where there is one.
+    names = [method for method, _ in methods]
+    pictured = names.index("dnn") if "dnn" in names else 0
     futures = []
     for k, song in enumerate(songs):
         song_ref = ray.put(song)
         for p, (method, checkpoint) in enumerate(methods):
-            futures.append(task.remote(song_ref, method, checkpoint, config_ref, excerpt=(k == 0 and p == 0)))
+            futures.append(task.remote(song_ref, method, checkpoint, config_ref, excerpt=(k == 0 and p == pictured)))
     results = _gather(futures, f"scoring {len(songs)} songs x {len(methods)} methods")
     rows = [row for result in results for row in result["rows"]]
 
     summary = summarise(rows)
     for entry in summary:
-        members = [r for r in rows if r["method"] == entry["method"] and r["alpha"] == entry["alpha"]]
+        members = [r for r in rows if all(r[key] == entry[key] for key in ("method", "mask", "alpha"))]
         entry.update(global_scores(members))
     save_config(config, scores_dir / "config.yaml")
     # Undefined statistics (NaN: e.g. one song, no interval) become null: strict JSON.
     write_json(scores_dir / "summary.json", summary)
-    write_file(scores_dir / "excerpt.npz", lambda handle: np.savez(handle, **results[0]["excerpt"]))
+    (excerpt,) = [result["excerpt"] for result in results if "excerpt" in result]
+    write_file(scores_dir / "excerpt.npz", lambda handle: np.savez(handle, **excerpt))
     # The table is written last: its presence means the evaluation finished.
     return write_scores(rows, scores_dir / "scores.parquet")
 

@@ -104,17 +104,22 @@ def run_methods(run: Run) -> list[tuple[str, str | None]]:
 def scores_stage(run: Run, split: str, out: str) -> dict:
     from pipelines.evaluate import evaluate
 
-    config = replace(run.config, evaluation=replace(run.config.evaluation, split=split, alphas=grid(run.config)))
+    config = replace(run.config, evaluation=scored_evaluation(run.config, split))
     return {"scores": str(evaluate(config, out, run_methods(run), run.path("dataset")))}
 
 
-def grid(config) -> tuple[float, ...]:
-    """The alphas scored: `evaluation.alphas` and the reported `evaluation.alpha`."""
-    return tuple(sorted({*config.evaluation.alphas, config.evaluation.alpha}))
+def scored_evaluation(config, split: str):
+    """The evaluation section a scores stage runs: on `split`, over `evaluation.alphas` and the
+    reported `evaluation.alpha`."""
+    evaluation = config.evaluation
+    return replace(evaluation, split=split, alphas=tuple(sorted({*evaluation.alphas, evaluation.alpha})))
 
 
 def best_alphas(scores: str) -> dict[str, float]:
-    """Per method, the alpha of the highest `SELECTION_METRIC` across the songs of a scores folder."""
+    """Per method, the alpha of the highest `SELECTION_METRIC` (binary masks, Eq. 2) across the
+    songs of a scores folder."""
+    import numpy as np
+
     from karaoke.metrics import summarise
     from karaoke.report import read_scores
     from karaoke.storage import local_copy
@@ -122,9 +127,9 @@ def best_alphas(scores: str) -> dict[str, float]:
     with local_copy(scores) as folder:
         summary = summarise(read_scores(Path(folder) / "scores.parquet"))
     best: dict[str, tuple[float, float]] = {}
-    for row in summary:
+    for row in (r for r in summary if r["mask"] == "binary"):
         value = row[SELECTION_METRIC]
-        if value == value and (row["method"] not in best or value > best[row["method"]][0]):
+        if np.isfinite(value) and (row["method"] not in best or value > best[row["method"]][0]):
             best[row["method"]] = (value, row["alpha"])
     return {method: alpha for method, (_, alpha) in best.items()}
 
@@ -149,31 +154,33 @@ def report_stage(run: Run, chosen: dict[str, float], chosen_on: str) -> dict:
     results: dict[str, Any] = {"split": run.config.evaluation.split, "alpha_chosen_on": chosen_on, "methods": {}}
     for method in sorted({r["method"] for r in rows}):
         entry = {}
-        for label, a in (("alpha", alpha), ("best_alpha", chosen.get(method, alpha))):
-            members = [r for r in rows if r["method"] == method and abs(r["alpha"] - a) < 1e-9]
+        for label, mask, a in (("alpha", "binary", alpha), ("best_alpha", "binary", chosen.get(method, alpha)), ("soft", "soft", alpha)):
+            members = [r for r in rows if r["method"] == method and r["mask"] == mask and abs(r["alpha"] - a) < 1e-9]
+            if not members:
+                continue
             (summary,) = summarise(members)
             mixture = {f"{s}_sdr_mixture": float(np.nanmean([r[f"{s}_sdr_mixture"] for r in members]))
                        for s in ("vocals", "accompaniment")}
-            entry[label] = {"alpha": a, **{k: summary[k] for k in _HEADLINE}, **mixture, **global_scores(members)}
+            entry[label] = {"mask": mask, "alpha": a, **{k: summary[k] for k in _HEADLINE}, **mixture, **global_scores(members)}
         results["methods"][method] = entry
     write_json(run.path("results.json"), results)
     return {"results": run.path("results.json")}
 
 
 _HEADLINE = ("n_songs", "vocals_sdr", "vocals_sir", "vocals_sar", "accompaniment_sdr")
+_ROW_LABELS = {"alpha": "binary", "best_alpha": "binary*", "soft": "soft"}
 
 
 def print_results(results: dict) -> None:
     print(f"\nResults on the {results['split']} split (mean over songs; GNSDR = SDR gain over the mixture, dB):")
-    print(f"{'method':<8}{'alpha':>7}{'vocal SDR':>11}{'SIR':>8}{'SAR':>8}{'GNSDR':>8}{'acc SDR':>9}{'mix SDR':>9}")
+    print(f"{'method':<8}{'mask':>8}{'alpha':>7}{'vocal SDR':>11}{'SIR':>8}{'SAR':>8}{'GNSDR':>8}{'acc SDR':>9}{'mix SDR':>9}")
     for method, entry in results["methods"].items():
-        for label in ("alpha", "best_alpha"):
-            row = entry[label]
+        for k, (label, row) in enumerate(entry.items()):
             cells = [row["vocals_sdr"], row["vocals_sir"], row["vocals_sar"], row["vocals_gnsdr"],
                      row["accompaniment_sdr"], row["vocals_sdr_mixture"]]
             text = "".join(f"{c:>{w}.2f}" if c is not None else f"{'-':>{w}}" for c, w in zip(cells, (11, 8, 8, 8, 9, 9)))
-            print(f"{method if label == 'alpha' else '':<8}{row['alpha']:>7.2f}{text}")
-    print(f"(second row per method: the alpha chosen on the {results['alpha_chosen_on']} split)")
+            print(f"{method if k == 0 else '':<8}{_ROW_LABELS[label]:>8}{row['alpha']:>7.2f}{text}")
+    print(f"(binary*: Eq. 2 at the alpha chosen on the {results['alpha_chosen_on']} split)")
 
 
 def tuned_config(run: Run) -> Run | None:
@@ -216,7 +223,6 @@ def run_experiment(config, run_dir: str) -> str:
     run_stage(run, "nmf", 4, lambda: check_nmf(run), lambda: nmf_stage(run))
 
     methods = [m for m, _ in run_methods(run)]
-    alphas = grid(run.config)
     split = run.config.evaluation.split
     try:
         has_valid = split != "valid" and bool(split_files(run.path("dataset"), "valid", kind="song"))
@@ -224,11 +230,11 @@ def run_experiment(config, run_dir: str) -> str:
         has_valid = False
     if has_valid:
         valid = run.path("valid")
-        run_stage(run, "alpha", 5, lambda: check_scores(join(valid, "scores"), methods, alphas), lambda: scores_stage(run, "valid", valid))
+        run_stage(run, "alpha", 5, lambda: check_scores(join(valid, "scores"), methods, scored_evaluation(run.config, "valid")), lambda: scores_stage(run, "valid", valid))
         chosen, chosen_on = best_alphas(join(valid, "scores")), "valid"
     else:
         print(f"\n[5/{len(STAGE_SECTIONS)}] alpha: no separate validation songs; the alpha is chosen on {split}")
-    run_stage(run, "evaluate", 6, lambda: check_scores(run.path("scores"), methods, alphas), lambda: scores_stage(run, split, run.root))
+    run_stage(run, "evaluate", 6, lambda: check_scores(run.path("scores"), methods, scored_evaluation(run.config, split)), lambda: scores_stage(run, split, run.root))
     if not has_valid:
         chosen, chosen_on = best_alphas(run.path("scores")), split
     print(f"  best alpha per method ({SELECTION_METRIC}, {chosen_on} split): {chosen}")

@@ -5,9 +5,10 @@ guard that keeps training of another model from being resumed or overwritten."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,15 @@ def check_nmf(run: Run) -> str:
     return f"{run.path('nmf', 'bases')} ({W_v.shape[1]} bases per source, iteration {card['iteration']}, verified)"
 
 
-def check_scores(location: str, methods: list[str], alphas) -> str:
+def check_scores(location: str, methods: list[str], evaluation) -> str:
     from karaoke.report import ScoresError, read_scores
     from karaoke.storage import local_copy
+    from pipelines.evaluate import scored_grid
 
     with local_copy(location) as folder:
         rows = read_scores(Path(folder) / "scores.parquet")
-    found = {(r["method"], round(r["alpha"], 6)) for r in rows}
-    wanted = {(m, round(a, 6)) for m in methods for a in alphas}
+    found = {(r["method"], r["mask"], round(r["alpha"], 6)) for r in rows}
+    wanted = {(m, mode, round(a, 6)) for m in methods for mode, alphas in scored_grid(m, evaluation) for a in alphas}
     if not wanted <= found:
         raise ScoresError(f"{location}: lacks scores for {sorted(wanted - found)[:3]}...")
     return f"{location}: {len(rows)} rows"

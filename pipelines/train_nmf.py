@@ -27,13 +27,13 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 RUN_NAME = "nmf"
-COLUMNS = ["song_id", "start_frame", "vocals", "accompaniment"]
+COLUMNS = ["song_id", "start_frame", "remix", "vocals", "accompaniment"]
 
 
-def _load_shard(rows, n_inputs: int, rank: int, world_size: int, device, train_hop: int = 0) -> tuple[Any, Any]:
-    """This worker's windows (those whose key is rank modulo world_size, and with `train_hop` > 0 only
-    those starting at a multiple of it: `nmf.train_hop`) as V (2, D, N) float32 on `device`, and their
-    column keys (N,).
+def _load_shard(rows, n_inputs: int, rank: int, world_size: int, device, nmf) -> tuple[Any, Any]:
+    """This worker's windows (those whose key is rank modulo world_size; with `nmf.train_hop` > 0 only
+    those starting at a multiple of it; without `nmf.train_remixes` only the songs' own) as V
+    (2, D, N) float32 on `device`, and their column keys (N,).
 
     Every worker reads all rows and keeps its own: Ray Train's `streaming_split` makes equal shards by
     dropping rows, and then the fit would not be the fit of all windows.
@@ -47,8 +47,10 @@ def _load_shard(rows, n_inputs: int, rank: int, world_size: int, device, train_h
     for batch in rows.iter_batches(batch_size=256, batch_format="numpy"):
         batch_keys = window_keys([str(s) for s in batch["song_id"]], batch["start_frame"])
         mine = batch_keys % np.uint64(world_size) == rank
-        if train_hop:
-            mine &= batch["start_frame"] % train_hop == 0
+        if nmf.train_hop:
+            mine &= batch["start_frame"] % nmf.train_hop == 0
+        if not nmf.train_remixes:
+            mine &= batch["remix"] == 0
         n = int(mine.sum())
         vocals.append(batch["vocals"][mine].reshape(n, n_inputs))
         accompaniment.append(batch["accompaniment"][mine].reshape(n, n_inputs))
@@ -74,7 +76,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    V, keys = _load_shard(ray.train.get_dataset_shard("train"), config.n_inputs, rank, world_size, device, config.nmf.train_hop)
+    V, keys = _load_shard(ray.train.get_dataset_shard("train"), config.n_inputs, rank, world_size, device, config.nmf)
 
     W, start, history = None, 0, []
     checkpoint = ray.train.get_checkpoint()

@@ -28,7 +28,7 @@ def test_defaults_are_the_paper():
     assert config.dnn.bias_offset == 6.0
     assert config.nmf.n_components == 1500
     assert config.evaluation.alphas[0] == 0.1 and config.evaluation.alphas[-1] == 0.9
-    assert len(config.evaluation.alphas) == 17
+    assert config.evaluation.alphas == (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @pytest.mark.parametrize("name", REPO_CONFIGS)

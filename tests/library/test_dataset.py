@@ -163,3 +163,21 @@ def test_a_damaged_shard_is_named_and_its_song_prepared_again(prepared, small_co
     write_manifest(str(dataset), small_config, [*done.values(), *redone])
     again = read_windows(str(dataset), "train", columns=["song_id"])
     assert (again["song_id"] == victim["song_id"]).sum() == victim["n_windows"]
+
+
+def test_remixed_windows_are_stored_with_their_remix_index(tmp_path, small_config):
+    """The NMF can leave remixes out (`nmf.train_remixes`) only if each window says what it is."""
+    from dataclasses import replace
+
+    from karaoke.preparation import remix_partner_songs
+
+    config = replace(small_config, windows=replace(small_config.windows, remixes=2))
+    songs = list_songs(config.corpus)
+    train = [s for s in songs if s.split == "train"]
+    dataset = str(tmp_path / "ds")
+    status = prepare_song(train[0], config, dataset, remix_partner_songs(train[0], train, config))
+    write_manifest(dataset, config, [status])
+    windows = read_windows(dataset, "train", columns=["start_frame", "remix"])
+    counts = np.bincount(windows["remix"])
+    assert len(counts) == 3 and (counts == counts[0]).all() and counts[0] > 0
+    np.testing.assert_array_equal(windows["start_frame"][windows["remix"] == 0], windows["start_frame"][windows["remix"] == 2])

@@ -36,14 +36,20 @@ def dnn_checkpoint(config, tmp_path_factory):
 
 @pytest.mark.slow
 def test_evaluate_scores_every_song_provider_and_alpha(ray_session, config, dnn_checkpoint, tmp_path):
+    """Binary masks at every alpha, soft masks once (the config separates with them), the IBM once."""
+    from dataclasses import replace
+
     from pipelines.evaluate import evaluate
 
+    config = replace(config, evaluation=replace(config.evaluation, mask="soft"))
     scores_path = evaluate(config, tmp_path, [("ibm", None), ("dnn", dnn_checkpoint)])
     rows = read_scores(scores_path)
     songs = list_songs(config.corpus, "train")
-    assert len(rows) == len(songs) * 2 * 3
-    assert {(r["method"], r["song_id"], r["alpha"]) for r in rows} == {
-        (m, s.song_id, a) for m in ("ibm", "dnn") for s in songs for a in (0.2, 0.5, 0.8)
+    assert len(rows) == len(songs) * (1 + 3 + 1)
+    assert {(r["method"], r["mask"], r["song_id"], r["alpha"]) for r in rows} == {
+        *(("dnn", "binary", s.song_id, a) for s in songs for a in (0.2, 0.5, 0.8)),
+        *(("dnn", "soft", s.song_id, 0.5) for s in songs),
+        *(("ibm", "binary", s.song_id, 0.5) for s in songs),
     }
 
     # The Ray tasks give what the library gives for the same song.
@@ -54,24 +60,30 @@ def test_evaluate_scores_every_song_provider_and_alpha(ray_session, config, dnn_
         features.ibm.astype(np.float32),
         np.stack([song.vocals, song.accompaniment]),
         song.mixture,
-        (0.2, 0.5, 0.8),
+        (0.5,),
         config.stft,
         song.sample_rate,
     )
-    stored = sorted(
-        (r for r in rows if r["method"] == "ibm" and r["song_id"] == song.song_id), key=lambda r: r["alpha"]
-    )
-    for got, want in zip(stored, direct):
+    stored = [r for r in rows if r["method"] == "ibm" and r["song_id"] == song.song_id]
+    for got, want in zip(stored, direct, strict=True):
         for key, value in want.items():
             assert got[key] == pytest.approx(value, nan_ok=True)
 
     summary = json.loads((tmp_path / "scores" / "summary.json").read_text())
-    assert {(s["method"], s["alpha"]) for s in summary} == {(m, a) for m in ("dnn", "ibm") for a in (0.2, 0.5, 0.8)}
+    assert {(s["method"], s["mask"], s["alpha"]) for s in summary} == {
+        *(("dnn", "binary", a) for a in (0.2, 0.5, 0.8)), ("dnn", "soft", 0.5), ("ibm", "binary", 0.5)
+    }
     assert all(s["n_songs"] == len(songs) and "vocals_gnsdr" in s for s in summary)
     assert (tmp_path / "scores" / "config.yaml").is_file()
 
+    # Figure 1 shows 1.5 s of the first song separated by the DNN.
+    with np.load(tmp_path / "scores" / "excerpt.npz") as excerpt:
+        assert str(excerpt["method"]) == "dnn" and str(excerpt["song_id"]) == songs[0].song_id
+        assert len(excerpt["mixture"]) == int(1.5 * song.sample_rate)
+        start = round(float(excerpt["start_seconds"]) * song.sample_rate)
+        np.testing.assert_array_equal(excerpt["vocals"], song.vocals[start : start + len(excerpt["vocals"])])
     report = write_report(tmp_path)
-    assert (tmp_path / "report" / "figure1.png").stat().st_size > 0 and "| ibm | 0.50 |" in report.read_text()
+    assert (tmp_path / "report" / "figure1.png").stat().st_size > 0 and "| ibm | binary | 0.50 |" in report.read_text()
 
 
 def test_evaluate_without_providers_is_a_clear_error(ray_session, config, tmp_path):
@@ -137,6 +149,6 @@ def test_evaluate_command_scores_a_trained_nmf_checkpoint(ray_session, config, n
     for got, want in zip(stored, direct, strict=True):
         for key, value in want.items():
             # float32 NMF updates on another thread count: last-digit differences, far below 0.01 dB
-            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-3, nan_ok=True)
+            assert got[key] == (value if key == "mask" else pytest.approx(value, rel=1e-4, abs=1e-3, nan_ok=True))
     summary = json.loads((tmp_path / "scores" / "summary.json").read_text())
-    assert {(s["method"], s["alpha"]) for s in summary} == {("nmf", a) for a in (0.2, 0.5, 0.8)}
+    assert {(s["method"], s["mask"], s["alpha"]) for s in summary} == {("nmf", "binary", a) for a in (0.2, 0.5, 0.8)}

@@ -115,24 +115,44 @@ def test_resume_without_a_run_is_refused(dataset, synth_root, tmp_path):
         train_nmf(nmf_config(synth_root), dataset, str(tmp_path / "empty"), resume=True)
 
 
-def test_train_hop_keeps_only_the_windows_at_its_multiples(dataset):
-    from karaoke.dataset import read_windows
-    from pipelines.train_nmf import COLUMNS, _load_shard
-
-    rows = read_windows(dataset, "train", COLUMNS)
-
+def _shard(rows):
     class Shard:  # what a Ray Train worker iterates: numpy batches of the stored rows
         def iter_batches(self, batch_size, batch_format):
             for start in range(0, len(rows["start_frame"]), batch_size):
                 yield {name: values[start : start + batch_size] for name, values in rows.items()}
 
+    return Shard()
+
+
+def test_train_hop_keeps_only_the_windows_at_its_multiples(dataset):
+    from karaoke.config import NmfConfig
+    from karaoke.dataset import read_windows
+    from pipelines.train_nmf import COLUMNS, _load_shard
+
+    rows = read_windows(dataset, "train", COLUMNS)
     n_inputs = rows["vocals"][0].size
-    V_all, _ = _load_shard(Shard(), n_inputs, 0, 1, "cpu")
-    V, keys = _load_shard(Shard(), n_inputs, 0, 1, "cpu", train_hop=30)
+    V_all, _ = _load_shard(_shard(rows), n_inputs, 0, 1, "cpu", NmfConfig())
+    V, keys = _load_shard(_shard(rows), n_inputs, 0, 1, "cpu", NmfConfig(train_hop=30))
     kept = rows["start_frame"] % 30 == 0
     assert 0 < kept.sum() < len(kept) and V.shape[-1] == kept.sum() and V_all.shape[-1] == len(kept)
     np.testing.assert_array_equal(keys, window_keys(rows["song_id"], rows["start_frame"])[kept])
     np.testing.assert_array_equal(V.numpy(), V_all.numpy()[..., kept])
+
+
+def test_train_remixes_off_keeps_only_the_songs_own_windows(dataset):
+    from karaoke.config import NmfConfig
+    from karaoke.dataset import read_windows
+    from pipelines.train_nmf import COLUMNS, _load_shard
+
+    rows = read_windows(dataset, "train", COLUMNS)
+    assert (rows["remix"] == 0).all()  # this dataset has no remixes: mark every third window as one
+    rows["remix"] = (np.arange(len(rows["remix"])) % 3 == 1).astype(np.int64)
+    n_inputs = rows["vocals"][0].size
+    V_all, _ = _load_shard(_shard(rows), n_inputs, 0, 1, "cpu", NmfConfig())
+    V, _ = _load_shard(_shard(rows), n_inputs, 0, 1, "cpu", NmfConfig(train_remixes=False))
+    own = rows["remix"] == 0
+    assert V_all.shape[-1] == len(own)
+    np.testing.assert_array_equal(V.numpy(), V_all.numpy()[..., own])
 
 
 def test_train_hop_must_be_a_multiple_of_the_window_hop(synth_root):
