@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,31 @@ def resolve_checkpoint(location: str | Path) -> str:
         if last is not None:
             return last
     return str(location)
+
+
+def retained_epochs(history: Sequence[dict], keep_last: int) -> set[int]:
+    """The epochs whose checkpoints a training run keeps: the last `keep_last` of `history` (one
+    metrics dict per epoch, with `epoch`) and the best, by lowest `valid_loss` (`train_loss` for a
+    run without validation windows)."""
+    if not history:
+        return set()
+    metric = "valid_loss" if all(row.get("valid_loss") is not None for row in history) else "train_loss"
+    best = min(history, key=lambda row: (row[metric], row["epoch"]))
+    return {row["epoch"] for row in history[-keep_last:]} | {best["epoch"]}
+
+
+def prune_checkpoints(run_dir: str | Path, keep: set[int]) -> list[str]:
+    """Delete the epoch checkpoint folders of a training run folder (local or URL) whose epoch is not
+    in `keep`; returns the names deleted. A folder of an epoch in `keep` is never touched, so the
+    newest verified checkpoint, the one a resume starts from, survives any interruption here."""
+    from karaoke.storage import open_fs
+
+    fs, root = open_fs(str(run_dir))
+    deleted = []
+    for path in sorted(fs.glob(f"{root}/{EPOCH_PREFIX}*")):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        suffix = name[len(EPOCH_PREFIX):]
+        if suffix.isdigit() and int(suffix) not in keep:
+            fs.rm(path, recursive=True)
+            deleted.append(name)
+    return deleted

@@ -267,6 +267,9 @@ class WorkerConfig:
     cpus_per_worker: PositiveFloat = 0.5
     # Worker-group restarts (each from the last checkpoint) before a run fails; -1 retries forever.
     max_failures: Annotated[int, Field(ge=-1)] = 2
+    # Checkpoints kept on disk: the last K, and for the DNN also the best by validation loss
+    # (`karaoke.checkpoint.retained_epochs`); the others are deleted as training goes.
+    keep_checkpoints: PositiveInt = 2
 
 
 @dataclass(frozen=True, config=_STRICT)

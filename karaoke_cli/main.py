@@ -53,6 +53,19 @@ set_option = click.option(
 )
 
 
+def _set_verbose(ctx, param, value: bool) -> bool:
+    from pipelines.ray_runtime import set_verbose
+
+    set_verbose(value)
+    return value
+
+
+verbose_option = click.option(
+    "--verbose", is_flag=True, expose_value=False, callback=_set_verbose,
+    help="Show Ray's own log lines and the workers' output (otherwise only this command's progress).",
+)
+
+
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--songs", default=12, show_default=True, help="Number of songs.")
@@ -68,6 +81,7 @@ def synth(out: str, songs: int, seed: int, seconds: float, sample_rate: int) -> 
 
 
 @main.command()
+@verbose_option
 @config_option
 @set_option
 @click.option("--out", "run_dir", default=None, help="Run directory, a folder or s3:// URL (default runs/<config name>).")
@@ -82,6 +96,7 @@ def run(config_path: str, overrides: tuple[str, ...], run_dir: str | None) -> No
 
 
 @main.command()
+@verbose_option
 @config_option
 @set_option
 @click.option("--out", "dataset", required=True, help="Dataset folder to write: a local path or s3://bucket/prefix.")
@@ -121,6 +136,7 @@ def train() -> None:
 
 
 @train.command("dnn")
+@verbose_option
 @config_option
 @set_option
 @data_option
@@ -136,6 +152,7 @@ def train_dnn_command(config_path: str, overrides: tuple[str, ...], dataset: str
 
 
 @train.command("nmf")
+@verbose_option
 @config_option
 @set_option
 @data_option
@@ -151,6 +168,7 @@ def train_nmf_command(config_path: str, overrides: tuple[str, ...], dataset: str
 
 
 @main.command("tune")
+@verbose_option
 @config_option
 @set_option
 @click.option("--data", "dataset", required=True, help="Prepared dataset with validation songs (folder or s3:// URL).")
@@ -189,6 +207,7 @@ def separate(
 
 
 @main.command()
+@verbose_option
 @config_option
 @set_option
 @click.option("--out", "run_dir", required=True, help="Run directory, folder or s3:// URL (scores go to OUT/scores/).")

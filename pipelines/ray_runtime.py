@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import ray.data
@@ -23,15 +24,29 @@ if TYPE_CHECKING:
     from karaoke.config import WorkerConfig
 
 
+_VERBOSE = [False]
+
+
+def set_verbose(verbose: bool) -> None:
+    """`--verbose`: Ray's own INFO lines and the workers' output reach the console. Without it they
+    stay in Ray's session logs, and a command shows only its own progress lines."""
+    _VERBOSE[0] = verbose
+
+
 def connect(include_dashboard: bool | None = None) -> None:
     """Join the running Ray cluster (`RAY_ADDRESS`, or one started on this machine) or start a
     local one; Ray Data's progress bars only on a terminal (they flood job logs and CI)."""
+    import logging
+
     import ray
 
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    verbose = _VERBOSE[0]
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     if not ray.is_initialized():
-        ray.init(include_dashboard=include_dashboard)
+        ray.init(include_dashboard=include_dashboard, log_to_driver=verbose)
 
 
 def train_storage(location: str) -> dict[str, Any]:
@@ -40,7 +55,7 @@ def train_storage(location: str) -> dict[str, Any]:
     return {"storage_path": str(location)}
 
 
-def read_windows_dataset(dataset: str, split: str) -> "ray.data.Dataset":
+def read_windows_dataset(dataset: str, split: str) -> ray.data.Dataset:
     """A split's training windows as a `ray.data.Dataset` whose tensor columns have shape (n_bins, T).
 
     Reads only the shards listed in the manifest, so files of an unfinished rerun are never seen.
@@ -58,13 +73,13 @@ def read_windows_dataset(dataset: str, split: str) -> "ray.data.Dataset":
 def make_trainer(
     loop: Callable[[dict], None],
     loop_config: dict[str, Any],
-    workers: "WorkerConfig",
+    workers: WorkerConfig,
     run_dir: str,
     datasets: dict[str, Any],
     dataset_config: Any = None,
     num_to_keep: int | None = None,
     callbacks: list | None = None,
-) -> "TorchTrainer":
+) -> TorchTrainer:
     """A `TorchTrainer` running `loop` on `workers` (resources, restarts) with its run storage at
     `run_dir` (a folder or URL whose last part names the run: Train restores the run's latest
     checkpoint when the same run is started again)."""
@@ -89,6 +104,21 @@ def make_trainer(
         datasets=datasets,
         **({"dataset_config": dataset_config} if dataset_config is not None else {}),
     )
+
+
+# Ray Train's record of the checkpoints a run reported, kept in the run's storage folder.
+TRAIN_RECORD = "checkpoint_manager_snapshot.json"
+
+
+def forget_train_record(run_dir: str) -> None:
+    """Delete Train's record of an earlier fit in `run_dir`. A run that prunes its own checkpoints
+    (`karaoke.checkpoint.prune_checkpoints`) leaves a record naming folders that are gone, and Train
+    refuses to start over it; such a run resumes from its newest verified checkpoint instead."""
+    from karaoke.storage import join, open_fs
+
+    fs, path = open_fs(join(run_dir, TRAIN_RECORD))
+    if fs.exists(path):
+        fs.rm(path)
 
 
 def unwrap_error(exc: BaseException, error: type[Exception]) -> Exception | None:

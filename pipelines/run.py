@@ -138,6 +138,7 @@ def report_stage(run: Run, chosen: dict[str, float], chosen_on: str) -> dict:
     """Figures and report.md (written locally, then uploaded for a URL run) and RUN/results.json."""
     import numpy as np
 
+    from karaoke.figures import PANELS, sar_gap_at_equal_sir
     from karaoke.metrics import global_scores, summarise
     from karaoke.report import read_scores, write_report
     from karaoke.storage import download_folder, is_url, upload_folder, write_json
@@ -163,6 +164,8 @@ def report_stage(run: Run, chosen: dict[str, float], chosen_on: str) -> dict:
                        for s in ("vocals", "accompaniment")}
             entry[label] = {"mask": mask, "alpha": a, **{k: summary[k] for k in _HEADLINE}, **mixture, **global_scores(members)}
         results["methods"][method] = entry
+    summary = summarise(rows)
+    results["sar_gap_at_equal_sir"] = {panel: sar_gap_at_equal_sir(summary, panel) for panel, _ in PANELS}
     write_json(run.path("results.json"), results)
     return {"results": run.path("results.json")}
 
@@ -181,6 +184,11 @@ def print_results(results: dict) -> None:
             text = "".join(f"{c:>{w}.2f}" if c is not None else f"{'-':>{w}}" for c, w in zip(cells, (11, 8, 8, 8, 9, 9)))
             print(f"{method if k == 0 else '':<8}{_ROW_LABELS[label]:>8}{row['alpha']:>7.2f}{text}")
     print(f"(binary*: Eq. 2 at the alpha chosen on the {results['alpha_chosen_on']} split)")
+    print("\nThe paper's Figure 3: DNN SAR - NMF SAR at equal SIR, binary masks over 0.1 < alpha < 0.9")
+    paper = {"mean": "paper ~3 dB", "vocals": "paper ~5 dB", "accompaniment": ""}
+    for panel, gap in results.get("sar_gap_at_equal_sir", {}).items():
+        value = f"{gap:+.2f} dB" if gap is not None else "n/a (no overlapping SIR range)"
+        print(f"  {panel:<14}{value:>10}  {paper[panel]}")
 
 
 def tuned_config(run: Run) -> Run | None:

@@ -7,7 +7,9 @@ NCCL and bfloat16 autocast on GPU). Each worker reads its shard of the train win
 (`get_dataset_shard("train")`, per-worker batch = global batch // world size) and of the valid
 windows for the per-epoch metrics (loss and mask accuracy, summed over workers with all_reduce).
 Rank 0 writes a checkpoint every epoch to RUN_DIR/epoch_NNNN (local or s3://): weights, optimizer
-state, the resolved config, the epoch and the metrics. A lost worker restarts the group from the last
+state, the resolved config, the epoch and the metrics; it keeps the last `resources.dnn.keep_checkpoints`
+and the best by validation loss. The driver prints one line per epoch and writes TensorBoard
+events to RUN_DIR/tensorboard/ (`pipelines.follow`). A lost worker restarts the group from the last
 checkpoint (`FailureConfig`); `--resume` continues a finished or killed run from its last epoch.
 """
 
@@ -55,7 +57,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from karaoke.checkpoint import checkpoint_problem, epoch_folder
+    from karaoke.checkpoint import (
+        checkpoint_problem,
+        epoch_folder,
+        prune_checkpoints,
+        retained_epochs,
+    )
     from karaoke.config import config_from_dict
     from karaoke.models.dnn import (
         build_model,
@@ -122,7 +129,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["valid_loss"], metrics["valid_accuracy"], _ = _reduce(valid_stats, device)
         history.append(metrics)
 
-        # Step 3. Every rank reports; rank 0 alone attaches the checkpoint.
+        # Step 3. Every rank reports; rank 0 alone attaches the checkpoint, then deletes those the
+        # run no longer keeps (once the new one is stored: a kill in between loses nothing).
         if rank == 0:
             with tempfile.TemporaryDirectory() as directory:
                 save_dnn(directory, model, config, epoch, metrics, optimizer, history=history)
@@ -131,11 +139,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     checkpoint=ray.train.Checkpoint.from_directory(directory),
                     checkpoint_dir_name=epoch_folder(epoch),
                 )
+            prune_checkpoints(loop_config["run_dir"], retained_epochs(history, config.resources.dnn.keep_checkpoints))
         else:
             ray.train.report(metrics)
 
 
-def shuffled_train_windows(dataset: str, seed: int) -> "ray.data.Dataset":
+def shuffled_train_windows(dataset: str, seed: int) -> ray.data.Dataset:
     """The train split's `mixture` and `ibm` windows in one random order across songs, materialised.
 
     The shards hold each song's windows together, and the per-epoch local shuffle buffer (4 batches)
@@ -164,8 +173,10 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
     from karaoke.errors import CheckpointError
     from karaoke.models.dnn import TrainingError
     from karaoke.storage import is_url, join
+    from pipelines.follow import dnn_steps, epoch_line, follow_training
     from pipelines.ray_runtime import (
         connect,
+        forget_train_record,
         make_trainer,
         read_windows_dataset,
         unwrap_error,
@@ -180,9 +191,14 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
     if resume and not last:
         raise CheckpointError(f"{run_dir}: --resume given but there is no checkpoint to resume from")
     connect()
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    # Blocks in a fixed order: a rerun (and a resume) sees the windows in the order the first run
+    # did, instead of in the order read tasks happened to finish.
+    context.execution_options.preserve_order = True
     save_config(config, join(run_dir, "config.yaml"))
 
+    forget_train_record(run_dir)
     datasets = {"train": shuffled_train_windows(dataset, config.train.seed)}
     try:
         datasets["valid"] = read_windows_dataset(dataset, "valid").select_columns(["mixture", "ibm"]).materialize()
@@ -190,13 +206,14 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
         log.warning("%s has no validation windows; reporting training metrics only", dataset)
     trainer = make_trainer(
         train_loop_per_worker,
-        {"config": config_to_dict(config), "resume_from": last, "has_valid": "valid" in datasets},
+        {"config": config_to_dict(config), "resume_from": last, "has_valid": "valid" in datasets, "run_dir": run_dir},
         config.resources.dnn,
         run_dir,
         datasets,
     )
     try:
-        result = trainer.fit()
+        with follow_training(run_dir, dnn_steps, epoch_line, config.train.epochs):
+            result = trainer.fit()
     except Exception as exc:  # a worker's TrainingError arrives wrapped in Ray's error with its traceback
         error = unwrap_error(exc, TrainingError)
         if error is not None:

@@ -4,10 +4,12 @@
 
 Each worker holds a shard of the training windows (columns: those whose key is its rank modulo the
 number of workers) and its own activations H; every iteration the workers allreduce the W update's
-numerator and denominator (gloo on CPU, NCCL on GPU), so all hold the same W and the fit equals single-process NMF (`karaoke.models.nmf.fit_nmf`). Rank 0
-prints the KL divergence of every iteration, and every `nmf.checkpoint_every` iterations reports it
-with a checkpoint of W, the iteration and the objective so far; a failed worker group is restarted
-from the latest checkpoint (`resources.nmf.max_failures`), and `--resume` continues a stopped run.
+numerator and denominator (gloo on CPU, NCCL on GPU), so all hold the same W and the fit equals
+single-process NMF (`karaoke.models.nmf.fit_nmf`). Every `nmf.checkpoint_every` iterations rank 0
+reports a checkpoint of W, the iteration and the objective so far (the last
+`resources.nmf.keep_checkpoints` are kept; the driver prints a line and writes TensorBoard events
+for each, `pipelines.follow`); a failed worker group is restarted from the latest checkpoint
+(`resources.nmf.max_failures`), and `--resume` continues a stopped run.
 
 RUN_DIR gets `config.yaml`, `bases/` (the final W, a `karaoke.checkpoint` folder of kind "nmf"),
 `objective.json` (KL divergence and seconds per iteration) and `ray/` (Ray Train's run storage).
@@ -108,8 +110,6 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         row = {"iteration": iteration + 1, "kl_vocals": float(kl[0]), "kl_accompaniment": float(kl[1])}
         history.append({**row, "seconds": now - clock[0]})
         clock[0] = now
-        if rank == 0:
-            print(f"iteration {iteration + 1}: KL vocals {kl[0]:.6g}, accompaniment {kl[1]:.6g}")
         # Train V2 takes one report per health-check poll (2 s), so ranks report only with a
         # checkpoint; the card holds the objective of every iteration.
         if (iteration + 1) % config.nmf.checkpoint_every == 0 or iteration + 1 == last:
@@ -136,6 +136,7 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> st
     from karaoke.config import CHECKPOINT_SECTIONS, config_to_dict, save_config
     from karaoke.errors import KaraokeError
     from karaoke.storage import exists, is_url, join, upload_folder, write_json
+    from pipelines.follow import follow_training, nmf_line, nmf_steps
     from pipelines.ray_runtime import make_trainer
 
     run_dir = str(run_dir) if is_url(run_dir) else str(Path(run_dir).resolve())
@@ -155,9 +156,10 @@ def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> st
         join(storage, RUN_NAME),
         {"train": train_ds.select_columns(COLUMNS)},
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
-        num_to_keep=2,
+        num_to_keep=config.resources.nmf.keep_checkpoints,
     )
-    result = trainer.fit()
+    with follow_training(join(storage, RUN_NAME), nmf_steps, nmf_line, config.nmf.train_iterations):
+        result = trainer.fit()
     if result.checkpoint is None:
         raise KaraokeError(f"{join(storage, RUN_NAME)}: training finished without a checkpoint")
     # Copy and verify locally, then publish: a `bases/` folder is always a whole checkpoint (its card,

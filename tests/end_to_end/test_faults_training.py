@@ -104,7 +104,8 @@ def _dnn_config(synth_root: Path, max_failures: int = 1, **train):
             windows={"train_hop": 2},
             dnn={"hidden_sizes": [256]},
             train={"epochs": 3, "optimizer": "adam", "learning_rate": 1e-3, **train},
-            resources={"dnn": {"num_workers": 2, "max_failures": max_failures}},
+            # every epoch's checkpoint kept: the test verifies each one
+            resources={"dnn": {"num_workers": 2, "max_failures": max_failures, "keep_checkpoints": 3}},
         )
     )
 

@@ -13,7 +13,7 @@ from karaoke.config import config_from_dict
 from karaoke.errors import CheckpointError
 
 
-def _config(synth_root: Path, **train):
+def _config(synth_root: Path, keep_checkpoints: int = 2, num_workers: int = 2, **train):
     # one of the four synthetic training songs is held out for the per-epoch validation metrics
     return config_from_dict(
         small_config_dict(
@@ -21,7 +21,7 @@ def _config(synth_root: Path, **train):
             corpus={"valid_fraction": 0.3},
             windows={"train_hop": 10},
             train={"epochs": 1, "optimizer": "adam", "learning_rate": 1e-3, **train},
-            resources={"dnn": {"num_workers": 2}},
+            resources={"dnn": {"num_workers": num_workers, "keep_checkpoints": keep_checkpoints}},
         )
     )
 
@@ -120,3 +120,32 @@ def test_run_directory_on_s3_finds_the_last_complete_checkpoint(s3_endpoint, sma
     # an epoch whose card was never written (killed while saving) is not a checkpoint
     fs.pipe("test-bucket/runs/dnn/epoch_0003/model.safetensors", b"partial")
     assert latest_checkpoint(run_dir) == "s3://test-bucket/runs/dnn/epoch_0002"
+
+
+@pytest.mark.slow
+def test_checkpoints_kept_are_the_last_two_and_the_best_and_a_resume_is_exact(dataset, synth_root, tmp_path, capsys):
+    """4 epochs keep epochs {3, 4} and the best by validation loss; one line per epoch reaches the
+    console and TensorBoard; resuming to 5 epochs from what is kept gives the weights of a straight
+    5-epoch run (one worker: two split the windows between them in an order set by timing)."""
+    from safetensors.numpy import load_file
+
+    from karaoke.checkpoint import retained_epochs
+    from pipelines.train_dnn import train_dnn
+
+    run = tmp_path / "run"
+    first = train_dnn(_config(synth_root, epochs=4, num_workers=1), dataset, str(run))
+    card = json.loads((Path(first.checkpoint_path) / "checkpoint.json").read_text())
+    kept = retained_epochs(card["history"], 2)
+    assert {3, 4} <= kept and len(kept) <= 3
+    assert sorted(p.name for p in run.glob("epoch_*")) == [f"epoch_{e:04d}" for e in sorted(kept)]
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all("valid loss" in line and "windows/s" in line and "ETA" in line for line in lines)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+    resumed = train_dnn(_config(synth_root, epochs=5, num_workers=1), dataset, str(run), resume=True)
+    straight = train_dnn(_config(synth_root, epochs=5, num_workers=1), dataset, str(tmp_path / "straight"))
+    assert Path(resumed.checkpoint_path).name == Path(straight.checkpoint_path).name == "epoch_0005"
+    a = load_file(str(Path(resumed.checkpoint_path) / "model.safetensors"))
+    b = load_file(str(Path(straight.checkpoint_path) / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
