@@ -1,11 +1,11 @@
-"""Score separators (the IBM, DNN and NMF checkpoints: `karaoke.separator`) over the alpha grid on
-one split, one parallel Ray task per (song, separator), into RUN/scores/ (the layout of `karaoke.report`).
+"""Score mask estimators (the IBM, DNN and NMF checkpoints: `karaoke.estimators`) over the alpha grid on
+one split, one parallel Ray task per (song, estimator), into RUN/scores/ (the layout of `karaoke.report`).
 
     karaoke evaluate --config configs/demo.yaml --out runs/demo \
         [--dataset DATASET] [--dnn CHECKPOINT] [--nmf CHECKPOINT] [--no-ibm] [--set key=value ...]
 
 Songs come from the prepared dataset (`--dataset`, its `songs/<split>/` shards) or, without one,
-straight from the config's corpus. Each task computes the separator's vocal probability once and
+straight from the config's corpus. Each task computes the estimator's vocal probability once and
 scores every alpha of `evaluation.alphas` whole-song and framewise (1 s) with the fast engine.
 Written, each through a rename: RUN/scores/scores.parquet (one row per method, song, alpha),
 summary.json (mean and 95% confidence interval across songs per method and alpha, and GNSDR/GSIR/
@@ -27,12 +27,12 @@ EXCERPT_SECONDS = 10.0
 
 def score_song(song, method: str, checkpoint: str | None, config, excerpt: bool = False) -> dict[str, Any]:
     """Scores rows of one song and method over the alpha grid (and the excerpt arrays if asked)."""
+    from karaoke.estimators import load_estimator, song_probability
     from karaoke.masks import masks_to_audio
     from karaoke.metrics import score_alpha_grid
-    from karaoke.separator import load_separator, song_probability
 
     torch_threads(1)
-    features, probability = song_probability(load_separator(method, checkpoint, config), song, config)
+    features, probability = song_probability(load_estimator(method, checkpoint, config), song, config)
     mixture_stft = features.mixture_stft
     references = np.stack([song.vocals, song.accompaniment])
     rows = score_alpha_grid(

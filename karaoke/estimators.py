@@ -1,9 +1,10 @@
-"""The separator protocol: every method of the paper (the DNN, the NMF baseline, the ideal binary
-mask) is a `Separator` that gives the vocal probability p (n_bins, n_frames) of a song's features;
-Eq. 2 (`karaoke.masks.masks_to_audio`) turns p into audio at any alpha without asking it again.
+"""The mask-estimator protocol: every method of the paper (the DNN, the NMF baseline, the ideal
+binary mask) is a `MaskEstimator` that gives the vocal probability p (n_bins, n_frames) of a song's
+features; Eq. 2 (`karaoke.masks.masks_to_audio`) turns p into audio at any alpha without asking it
+again.
 
-Evaluation, tuning, the benchmarks and `karaoke separate` all get their separator from
-`load_separator(method, checkpoint, config)`.
+Evaluation, tuning and the benchmarks get their estimator from `load_estimator(method, checkpoint,
+config)`. Separating a user's audio files is `karaoke.Separator` (`karaoke.separator`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 METHODS = ("ibm", "dnn", "nmf")
 
 
-class Separator(Protocol):
+class MaskEstimator(Protocol):
     """Anything that maps a song's features to its vocal probability p, (n_bins, n_frames) float32."""
 
     method: str
@@ -44,7 +45,7 @@ class IdealBinaryMask:
 
 
 @dataclass(frozen=True)
-class DnnSeparator:
+class DnnEstimator:
     """The mask DNN: p is Eq. 1, the mean of every hop-1 window's prediction covering a bin."""
 
     model: "torch.nn.Module"
@@ -58,7 +59,7 @@ class DnnSeparator:
 
 
 @dataclass(frozen=True)
-class NmfSeparator:
+class NmfEstimator:
     """The NMF baseline: per hop-1 window, the soft mask W_v H_v / (W_v H_v + W_nv H_nv) with the
     activations fitted for fixed bases, averaged over the windows covering a bin."""
 
@@ -80,8 +81,8 @@ class NmfSeparator:
         )
 
 
-def load_separator(method: str, checkpoint: str | None, config: ExperimentConfig, device: Any = "cpu") -> Separator:
-    """The separator of `method` ("ibm", "dnn", "nmf") from a checkpoint folder or URL (none for the
+def load_estimator(method: str, checkpoint: str | None, config: ExperimentConfig, device: Any = "cpu") -> MaskEstimator:
+    """The estimator of `method` ("ibm", "dnn", "nmf") from a checkpoint folder or URL (none for the
     IBM), verified against `config` (`karaoke.checkpoint`)."""
     from karaoke.storage import local_copy
 
@@ -96,28 +97,28 @@ def load_separator(method: str, checkpoint: str | None, config: ExperimentConfig
             from karaoke.models.dnn import load_dnn
 
             model, _, _ = load_dnn(folder, config, device=device)
-            return DnnSeparator(model, config.windows.n_frames)
+            return DnnEstimator(model, config.windows.n_frames)
         from karaoke.models.nmf import load_bases
 
         W_v, W_nv, _ = load_bases(folder, config, device=device)
         nmf = config.nmf
-        return NmfSeparator(
+        return NmfEstimator(
             W_v, W_nv, config.windows.n_frames, nmf.test_iterations, nmf.seed, nmf.test_tolerance, nmf.test_precision
         )
 
 
-def song_probability(separator: Separator, song: MixedSong, config: ExperimentConfig) -> tuple[SongFeatures, np.ndarray]:
-    """(the song's features, its vocal probability p (n_bins, n_frames)) under `separator`."""
+def song_probability(estimator: MaskEstimator, song: MixedSong, config: ExperimentConfig) -> tuple[SongFeatures, np.ndarray]:
+    """(the song's features, its vocal probability p (n_bins, n_frames)) under `estimator`."""
     features = song_features(song, config)
-    return features, separator.vocal_probability(features)
+    return features, estimator.vocal_probability(features)
 
 
 def separate_song(
-    separator: Separator, song: MixedSong, config: ExperimentConfig, alpha: float | None = None
+    estimator: MaskEstimator, song: MixedSong, config: ExperimentConfig, alpha: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Vocals and accompaniment (n_samples,) of a song: p from `separator`, masks by Eq. 2 at `alpha`
+    """Vocals and accompaniment (n_samples,) of a song: p from `estimator`, masks by Eq. 2 at `alpha`
     (default `evaluation.alpha`) in the mode `evaluation.mask`, applied to the mixture STFT."""
-    features, probability = song_probability(separator, song, config)
+    features, probability = song_probability(estimator, song, config)
     alpha = config.evaluation.alpha if alpha is None else alpha
     return masks_to_audio(
         features.mixture_stft, probability, alpha, config.stft, len(song.mixture), config.evaluation.mask

@@ -1,4 +1,4 @@
-"""The separator protocol (karaoke.separator): one way from a checkpoint to a song's vocal probability."""
+"""The mask-estimator protocol (karaoke.estimators): one way from a checkpoint to a song's vocal probability."""
 
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from karaoke.corpora import list_songs
+from karaoke.estimators import (
+    IdealBinaryMask,
+    load_estimator,
+    separate_song,
+    song_probability,
+)
 from karaoke.features import song_features
 from karaoke.inference import soft_mask
 from karaoke.metrics import bss_eval_mir_eval
 from karaoke.models.dnn import build_model, save_dnn
 from karaoke.models.nmf import nmf_vocal_probability, save_bases
-from karaoke.separator import (
-    IdealBinaryMask,
-    load_separator,
-    separate_song,
-    song_probability,
-)
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +43,18 @@ def test_loaded_checkpoints_give_the_models_own_probabilities(small_config, song
     features = song_features(song, small_config)
     n_frames, nmf = small_config.windows.n_frames, small_config.nmf
 
-    dnn = load_separator("dnn", str(tmp_path / "dnn"), small_config)
+    dnn = load_estimator("dnn", str(tmp_path / "dnn"), small_config)
     _, probability = song_probability(dnn, song, small_config)
     np.testing.assert_allclose(probability, soft_mask(model, features.mixture, n_frames, scale=1.0), atol=1e-6)
 
-    nmf_separator = load_separator("nmf", str(tmp_path / "nmf"), small_config)
+    nmf_estimator = load_estimator("nmf", str(tmp_path / "nmf"), small_config)
     expected = nmf_vocal_probability(features.mixture, W[0], W[1], n_frames, nmf.test_iterations, nmf.seed)
-    np.testing.assert_allclose(nmf_separator.vocal_probability(features), expected, atol=1e-6)
+    np.testing.assert_allclose(nmf_estimator.vocal_probability(features), expected, atol=1e-6)
     assert probability.shape == expected.shape == features.mixture.shape
 
 
 def test_unknown_method_and_missing_checkpoint_are_refused(small_config):
     with pytest.raises(ValueError, match="unknown method 'wiener'"):
-        load_separator("wiener", None, small_config)
+        load_estimator("wiener", None, small_config)
     with pytest.raises(ValueError, match="needs a checkpoint"):
-        load_separator("dnn", None, small_config)
+        load_estimator("dnn", None, small_config)
