@@ -11,7 +11,7 @@ Bins above the model's band (above its Nyquist frequency, e.g. 8 kHz for a 16 kH
 `HIGH_BAND`: "top_bin" repeats p of the model's highest bin in that frame, so a frame the network
 calls vocal keeps its sibilants and breath in the vocals and a frame it calls accompaniment keeps
 its cymbals there; "accompaniment" puts every such bin in the accompaniment. "top_bin" scored
-higher on the MUSDB excerpt (docs/benchmarks.md, `benchmarks/fullband.py`).
+at least as high on the MUSDB excerpt (docs/benchmarks.md, `benchmarks/fullband.py`).
 """
 
 from __future__ import annotations
