@@ -113,15 +113,15 @@ def train_dnn(config: ExperimentConfig, rows: dict[str, np.ndarray], log=print, 
     return model.eval(), time.perf_counter() - start
 
 
-def score_method(separator, songs: list[MixedSong], config: ExperimentConfig, modes: list[str]) -> dict[str, list[dict]]:
-    """Score rows (one per song and alpha, with `seconds`) of a `karaoke.separator.Separator`, for
-    each mask mode of `modes` (the separator runs once per song)."""
+def score_method(estimator, songs: list[MixedSong], config: ExperimentConfig, modes: list[str]) -> dict[str, list[dict]]:
+    """Score rows (one per song and alpha, with `seconds`) of a `karaoke.estimators.MaskEstimator`,
+    for each mask mode of `modes` (the estimator runs once per song)."""
+    from karaoke.estimators import song_probability
     from karaoke.metrics import score_alpha_grid
-    from karaoke.separator import song_probability
 
     rows: dict[str, list[dict]] = {mode: [] for mode in modes}
     for song in songs:
-        features, probability = song_probability(separator, song, config)
+        features, probability = song_probability(estimator, song, config)
         mixture_stft = features.mixture_stft
         references = np.stack([song.vocals, song.accompaniment])
         for mode in modes:
@@ -144,11 +144,11 @@ def summary(rows: list[dict]) -> dict[str, dict[str, float]]:
     return {"0.5": by_alpha[closest], "best": best, "sweep": list(by_alpha.values())}
 
 
-def nmf_separator(config: ExperimentConfig, train_songs: list[MixedSong]):
-    """Fit the NMF bases on the paper's training windows of `train_songs`; returns (separator, seconds)."""
+def nmf_estimator(config: ExperimentConfig, train_songs: list[MixedSong]):
+    """Fit the NMF bases on the paper's training windows of `train_songs`; returns (estimator, seconds)."""
+    from karaoke.estimators import NmfEstimator
     from karaoke.features import song_features, training_rows
     from karaoke.models.nmf import fit_nmf, window_keys
-    from karaoke.separator import NmfSeparator
 
     parts, keys = [], []
     for song in train_songs:
@@ -162,10 +162,10 @@ def nmf_separator(config: ExperimentConfig, train_songs: list[MixedSong]):
     W, _, _ = fit_nmf(V, np.concatenate(keys), config.nmf.n_components, config.nmf.train_iterations, config.nmf.seed)
     seconds = time.perf_counter() - start
     nmf = config.nmf
-    separator = NmfSeparator(
+    estimator = NmfEstimator(
         W[0], W[1], config.windows.n_frames, nmf.test_iterations, nmf.seed, nmf.test_tolerance, nmf.test_precision
     )
-    return separator, seconds
+    return estimator, seconds
 
 
 def format_row(name: str, scores: dict, train_seconds: float | None) -> str:
@@ -216,7 +216,7 @@ def report(paths: list[str], out_dir: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from karaoke.separator import DnnSeparator, IdealBinaryMask
+    from karaoke.estimators import DnnEstimator, IdealBinaryMask
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/mir1k.yaml")
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         model, _, card = load_dnn(args.load, config)
         seconds = card.get("metrics", {}).get("train_seconds")
-        record("dnn", f"DNN {name} ({args.load})", score_method(DnnSeparator(model, config.windows.n_frames), valid_songs, config, modes), seconds)
+        record("dnn", f"DNN {name} ({args.load})", score_method(DnnEstimator(model, config.windows.n_frames), valid_songs, config, modes), seconds)
     elif args.dnn:
         rows = training_arrays(train_songs, config)
         print(f"  {len(rows['mixture'])} training windows", flush=True)
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         def score_epoch(epoch: int, model: torch.nn.Module) -> None:
             if args.score_every and epoch % args.score_every == 0 and epoch < config.train.epochs:
                 half = replace(config, evaluation=replace(config.evaluation, alphas=(REPORT_ALPHA,)))
-                scores = summary(score_method(DnnSeparator(model, half.windows.n_frames), valid_songs, half, [config.evaluation.mask])[config.evaluation.mask])["0.5"]
+                scores = summary(score_method(DnnEstimator(model, half.windows.n_frames), valid_songs, half, [config.evaluation.mask])[config.evaluation.mask])["0.5"]
                 curve.append({"epoch": epoch, **scores})
                 print(f"  epoch {epoch}: vocal GNSDR {scores['vocals_gnsdr']:.2f} dB, accompaniment "
                       f"{scores['accompaniment_gnsdr']:.2f} dB at alpha {REPORT_ALPHA} ({config.evaluation.mask})", flush=True)
@@ -288,12 +288,12 @@ def main(argv: list[str] | None = None) -> dict:
 
             save_dnn(args.save, model, config, config.train.epochs, {"train_seconds": seconds})
         start = time.perf_counter()
-        record("dnn", f"DNN {name}", score_method(DnnSeparator(model, config.windows.n_frames), valid_songs, config, modes), seconds,
+        record("dnn", f"DNN {name}", score_method(DnnEstimator(model, config.windows.n_frames), valid_songs, config, modes), seconds,
                windows=len(rows["mixture"]))
         print(f"  scored in {time.perf_counter() - start:.0f} s", flush=True)
     if args.nmf:
-        separator, seconds = nmf_separator(config, train_songs)
-        record("nmf", f"NMF K={config.nmf.n_components}", score_method(separator, valid_songs, config, modes), seconds)
+        estimator, seconds = nmf_estimator(config, train_songs)
+        record("nmf", f"NMF K={config.nmf.n_components}", score_method(estimator, valid_songs, config, modes), seconds)
     if args.ibm:
         record("ibm", "IBM", score_method(IdealBinaryMask(), valid_songs, config, ["binary"]), None)
     print("| method | alpha | vocal GNSDR / GSIR / GSAR | accomp. GNSDR / GSIR / GSAR | best alpha | vocal | accomp. | train |")

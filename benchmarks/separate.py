@@ -4,7 +4,8 @@
 
 Writes a song of tones, chords and noise (stereo, 44.1 kHz) and a demo-width network (configs/demo.yaml:
 1024-point STFT at 16 kHz, 513 x 20 inputs, one 512-unit hidden layer; untrained, which costs the same),
-then runs the file-level separation (read, resample to 16 kHz, two streaming passes, write) in a fresh
+then runs the file-level separation (read, two streaming passes with the mask at 16 kHz applied at 44.1 kHz,
+write 44.1 kHz stereo) in a fresh
 process per run, with float32 and with bfloat16 network arithmetic (`--precision`). Prints the
 real-time factor (song seconds / wall seconds, median of repeats; target >= 20x) and the peak resident
 memory at 1x and 2x the song length (target: the same).
@@ -46,12 +47,11 @@ def child(song: str, model: str, out: str, precision: str) -> None:
     import resource
     import time
 
-    from karaoke.models.dnn import load_dnn, pick_device
-    from karaoke.separate import separate_file
+    from karaoke.separator import Separator
 
     start = time.perf_counter()
-    network, config, _ = load_dnn(model, device=pick_device())
-    separate_file(song, network, config, 0.5, out, precision=precision)
+    separator = Separator.from_pretrained(model, mask="binary", alpha=0.5, precision=precision)
+    separator.separate_file(song, out)
     seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_mib": usage.ru_maxrss / 1024}))

@@ -1,5 +1,5 @@
 """Audio I/O: read any format soundfile decodes (local or any fsspec URL, e.g. s3://), resample with
-soxr, downmix, and write WAV/FLAC atomically.
+soxr, downmix, write WAV/FLAC atomically, and the output formats of `karaoke separate`.
 
 Arrays are float32 of shape (n_channels, n_samples); mono signals are (n_samples,).
 """
@@ -119,3 +119,39 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     sf.write(tmp, audio.T, sample_rate, format=fmt, subtype=subtype)
     os.replace(tmp, path)
+
+
+# `karaoke separate --format/--bit-depth`: libsndfile's container and sample type for each.
+OUTPUT_FORMATS = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}
+BIT_DEPTHS = {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}
+DEFAULT_BIT_DEPTH = {"wav": "32f", "flac": "24"}
+
+
+def output_format(audio_format: str, bit_depth: str | None = None) -> tuple[str, str]:
+    """(libsndfile format, subtype) of an output `audio_format` ("wav", "flac", "mp3") at
+    `bit_depth` ("16", "24", "32f"; default 32f for WAV, 24 for FLAC). `ConfigError` naming the
+    flag for a depth the format cannot hold (FLAC holds integers, MP3 has no bit depth) and for MP3
+    when this libsndfile cannot write it."""
+    import soundfile as sf
+
+    from karaoke.errors import ConfigError
+
+    name = audio_format.lower()
+    if name not in OUTPUT_FORMATS:
+        raise ConfigError(f"--format {audio_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
+    fmt = OUTPUT_FORMATS[name]
+    if name == "mp3":
+        if bit_depth is not None:
+            raise ConfigError("--bit-depth has no effect with --format mp3 (MP3 is lossy, it has no bit depth); leave it out")
+        if not sf.check_format("MP3", "MPEG_LAYER_III"):
+            raise ConfigError(
+                f"--format mp3: this libsndfile ({sf.__libsndfile_version__}) cannot write MP3 "
+                "(1.1.0 or later with LAME is needed); use --format flac"
+            )
+        return fmt, "MPEG_LAYER_III"
+    depth = bit_depth or DEFAULT_BIT_DEPTH[name]
+    if depth not in BIT_DEPTHS:
+        raise ConfigError(f"--bit-depth {depth}: choose one of {', '.join(BIT_DEPTHS)}")
+    if name == "flac" and depth == "32f":
+        raise ConfigError("--bit-depth 32f: FLAC holds integer samples only; use --bit-depth 24 or --format wav")
+    return fmt, BIT_DEPTHS[depth]

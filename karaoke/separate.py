@@ -1,40 +1,65 @@
-"""Separating audio with a mask DNN (paper Eq. 1-2): in-memory arrays and audio files of any length.
+"""Separating audio with a mask DNN (paper Eq. 1-2): in-memory arrays and audio files of any length,
+written at the input's sample rate, channel count and length.
 
-Long audio is processed in blocks (`karaoke.streaming` frames and overlap-adds it,
-`karaoke.inference.StreamingSoftMask` applies Eq. 1 carrying T - 1 frames over), so the result
-equals processing the whole song at once (to float rounding). The per-song unit scale (max mixture
-magnitude) is needed before the first window is predicted, so files are read twice: a first pass
-computes only the STFT magnitude's maximum.
+The mask comes from the mono downmix resampled to the model's rate (the network's input); it is
+applied to the STFT of every channel at the input's own rate (`karaoke.fullband`), so the output
+keeps the full band of a 44.1 kHz song. Long audio is processed in blocks (`karaoke.streaming`
+frames and overlap-adds it, `karaoke.inference.StreamingSoftMask` applies Eq. 1 carrying T - 1
+frames over), so the result equals processing the whole song at once (to float rounding). The
+per-song unit scale (max mixture magnitude) is needed before the first window is predicted, so
+files are read twice: a first pass computes only the model-rate STFT magnitude's maximum.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from karaoke.config import ExperimentConfig, StftConfig
-from karaoke.errors import AudioError
-from karaoke.masks import alpha_masks
-from karaoke.streaming import Framer, OverlapAdd, downmix
+from karaoke.config import ExperimentConfig
+from karaoke.errors import AudioError, OutputError
+from karaoke.fullband import HIGH_BAND, HighBand, MaskGrid, input_stft
+from karaoke.masks import MaskMode, alpha_masks
+from karaoke.streaming import Framer, OverlapAdd
 
 BlockSource = Callable[[], Iterable[np.ndarray]]
 
 
-def _scale_pass(blocks: Iterable[np.ndarray], stft_cfg: StftConfig, device: torch.device, name: str) -> float:
-    """Per-song unit scale: the maximum of the mono mixture's STFT magnitude (first pass)."""
-    framer, peak = Framer(stft_cfg, device), 0.0
+class _ModelRateMono:
+    """The mono downmix of input blocks (n_channels, n) at the model's rate, streamed through soxr."""
+
+    def __init__(self, input_rate: int, model_rate: int) -> None:
+        import soxr
+
+        self.resampler = None if input_rate == model_rate else soxr.ResampleStream(input_rate, model_rate, 1, dtype="float32")
+
+    def push(self, block: np.ndarray, last: bool = False) -> np.ndarray:
+        mono = block.mean(0, dtype=np.float32) if block.shape[0] > 1 else block[0].astype(np.float32, copy=False)
+        if self.resampler is not None:
+            mono = self.resampler.resample_chunk(mono, last=last)
+        return mono[None]
+
+    def flush(self) -> np.ndarray:
+        return self.push(np.zeros((1, 0), np.float32), last=True)
+
+
+def _scale_pass(blocks: Iterable[np.ndarray], config: ExperimentConfig, input_rate: int, device: torch.device, name: str) -> float:
+    """Per-song unit scale: the maximum of the model-rate mono mixture's STFT magnitude (first pass)."""
+    mono, framer, peak = _ModelRateMono(input_rate, config.corpus.sample_rate), Framer(config.stft, device), 0.0
+
+    def add(spec: torch.Tensor | None) -> None:
+        nonlocal peak
+        if spec is not None and spec.numel():
+            peak = max(peak, float(spec.abs().max()))
+
     for block in blocks:
-        spec = framer.push(block)
-        if spec is not None:
-            peak = max(peak, float(downmix(spec).abs().max()))
-    spec = framer.finish(name)
-    if spec is not None:
-        peak = max(peak, float(downmix(spec).abs().max()))
+        add(framer.push(mono.push(block)))
+    add(framer.push(mono.flush()))
+    add(framer.finish(name))
     return peak if peak > 1e-12 else 1.0
 
 
@@ -42,103 +67,132 @@ def separate_stream(
     model: torch.nn.Module,
     config: ExperimentConfig,
     blocks: BlockSource,
+    sample_rate: int,
+    mask: MaskMode,
     alpha: float,
     name: str = "<audio>",
     batch_windows: int = 256,
     keep_probability: bool = False,
     precision: str = "float32",
+    high_band: HighBand = HIGH_BAND,
 ) -> Iterator[tuple[np.ndarray, np.ndarray] | np.ndarray]:
-    """Separate audio given as blocks (n_channels, n) at the model's rate; `blocks()` must give the
+    """Separate audio given as blocks (n_channels, n) at `sample_rate`; `blocks()` must give the
     same blocks each time it is called (it is read twice).
 
-    Yields (vocals, accompaniment) blocks, each (n_channels, m) float32, in order; the mask of a
-    stereo signal comes from its mono downmix and is applied to every channel (binary or soft as
-    `config.evaluation.mask` says). With
-    `keep_probability`, finally yields the soft mask p (n_bins, n_frames) of Eq. 1.
+    Yields (vocals, accompaniment) blocks, each (n_channels, m) float32 at `sample_rate`, in order,
+    n_samples in all; the mask (binary at `alpha` by Eq. 2, or soft) comes from the mono downmix at
+    the model's rate and is applied to every channel at full band (`karaoke.fullband`). With
+    `keep_probability`, finally yields the soft mask p (n_bins, n_frames) of Eq. 1 on the model's grid.
     """
     from karaoke.inference import StreamingSoftMask
 
     device = next(model.parameters()).device
-    scale = _scale_pass(blocks(), config.stft, device, name)
-    framer = Framer(config.stft, device)
+    model_rate = config.corpus.sample_rate
+    scale = _scale_pass(blocks(), config, sample_rate, device, name)
+    in_stft = input_stft(config.stft, model_rate, sample_rate)
+    mono, model_framer, framer = _ModelRateMono(sample_rate, model_rate), Framer(config.stft, device), Framer(in_stft, device)
     masker = StreamingSoftMask(model, config.windows.n_frames, scale, batch_windows, precision)
+    grid = MaskGrid(config.stft, model_rate, sample_rate, device, high_band)
     vocal_ola = accompaniment_ola = None
-    waiting: list[torch.Tensor] = []  # complex frames whose p is not finished yet
+    waiting: list[torch.Tensor] = []  # input-rate complex frames whose p is not known yet
     probabilities: list[np.ndarray] = []
 
-    def separate(probability: torch.Tensor):
-        nonlocal waiting
-        if probability.shape[-1] == 0:
-            return None
-        spec = torch.cat(waiting, -1)
-        ready, waiting = spec[..., : probability.shape[-1]], [spec[..., probability.shape[-1] :]]
-        if keep_probability:
-            probabilities.append(probability.cpu().numpy())
-        vocal, accompaniment = alpha_masks(probability, alpha, config.evaluation.mask)
-        return vocal_ola.push(ready * vocal), accompaniment_ola.push(ready * accompaniment)
+    def model_frames(spec: torch.Tensor | None) -> None:
+        if spec is not None:
+            add_probability(masker.push(spec[0].abs()))
 
-    def frames_out(spec: torch.Tensor | None):
-        nonlocal vocal_ola, accompaniment_ola
-        if spec is None:
-            return None
-        if vocal_ola is None:
-            vocal_ola = OverlapAdd(config.stft, spec.shape[0], device)
-            accompaniment_ola = OverlapAdd(config.stft, spec.shape[0], device)
-        waiting.append(spec)
-        return separate(masker.push(downmix(spec).abs()))
+    def add_probability(probability: torch.Tensor) -> None:
+        if probability.shape[-1]:
+            grid.push(probability)
+            if keep_probability:
+                probabilities.append(probability.cpu().numpy())
 
-    def as_numpy(pair):
-        return tuple(part.cpu().numpy() for part in pair)
+    def input_frames(spec: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray] | None:
+        nonlocal waiting, vocal_ola, accompaniment_ola
+        if spec is not None:
+            if vocal_ola is None:
+                vocal_ola = OverlapAdd(in_stft, spec.shape[0], device)
+                accompaniment_ola = OverlapAdd(in_stft, spec.shape[0], device)
+            waiting.append(spec)
+        if not waiting:
+            return None
+        pending = torch.cat(waiting, -1)
+        probability = grid.take(pending.shape[-1])
+        n = probability.shape[-1]
+        waiting = [pending[..., n:]]
+        if n == 0:
+            return None
+        vocal, accompaniment = alpha_masks(probability, alpha, mask)
+        ready = pending[..., :n]
+        return vocal_ola.push(ready * vocal).cpu().numpy(), accompaniment_ola.push(ready * accompaniment).cpu().numpy()
 
     for block in blocks():
-        out = frames_out(framer.push(block))
+        model_frames(model_framer.push(mono.push(block)))
+        out = input_frames(framer.push(block))
         if out is not None:
-            yield as_numpy(out)
-    out = frames_out(framer.finish(name))
+            yield out
+    model_frames(model_framer.push(mono.flush()))
+    model_frames(model_framer.finish(name))
+    add_probability(masker.finish())
+    grid.finish()
+    out = input_frames(framer.finish(name))
     if out is not None:
-        yield as_numpy(out)
-    out = separate(masker.finish())
-    if out is not None:
-        yield as_numpy(out)
-    yield as_numpy((vocal_ola.finish(framer.n_samples), accompaniment_ola.finish(framer.n_samples)))
+        yield out
+    yield vocal_ola.finish(framer.n_samples).cpu().numpy(), accompaniment_ola.finish(framer.n_samples).cpu().numpy()
     if keep_probability:
         yield np.concatenate(probabilities, axis=-1)
 
 
 @dataclass(frozen=True)
 class Separation:
-    """Separated audio, each (n_samples,) or (n_channels, n_samples), and the soft mask p
-    (n_bins, n_frames) of Eq. 1, which thresholds at other alphas without re-running the network."""
+    """Separated audio, each (n_samples,) or (n_channels, n_samples) at `sample_rate`, and the soft
+    mask p (n_bins, n_frames) of Eq. 1 on the model's STFT grid, which thresholds at other alphas
+    without re-running the network."""
 
     vocals: np.ndarray
     accompaniment: np.ndarray
     probability: np.ndarray
+    sample_rate: int
 
 
 def separate_audio(
-    model: torch.nn.Module, audio: np.ndarray, config: ExperimentConfig, alpha: float, chunk_samples: int | None = None
+    model: torch.nn.Module,
+    audio: np.ndarray,
+    config: ExperimentConfig,
+    alpha: float | None = None,
+    *,
+    sample_rate: int | None = None,
+    mask: MaskMode | None = None,
+    chunk_samples: int | None = None,
+    precision: str = "float32",
 ) -> Separation:
-    """Separate in-memory audio (n_samples,) or (n_channels, n_samples) at the model's sample rate,
-    in chunks of `chunk_samples` (default: all at once); chunked and whole results are equal."""
+    """Separate in-memory audio (n_samples,) or (n_channels, n_samples) at `sample_rate` (default:
+    the model's), in chunks of `chunk_samples` (default: all at once); chunked and whole results are
+    equal. `mask` and `alpha` default to the model's `evaluation` section."""
     audio = np.asarray(audio, dtype=np.float32)
     signal = audio[None] if audio.ndim == 1 else audio
-    step = chunk_samples or signal.shape[-1]
+    rate = sample_rate or config.corpus.sample_rate
+    step = chunk_samples or max(signal.shape[-1], 1)
 
     def blocks():
         return (signal[:, i : i + step] for i in range(0, signal.shape[-1], step))
 
-    *pairs, probability = separate_stream(model, config, blocks, alpha, keep_probability=True)
+    mode = mask or config.evaluation.mask
+    *pairs, probability = separate_stream(
+        model, config, blocks, rate, mode, config.evaluation.alpha if alpha is None else alpha,
+        keep_probability=True, precision=precision,
+    )
     vocals = np.concatenate([v for v, _ in pairs], -1)
     accompaniment = np.concatenate([a for _, a in pairs], -1)
     if audio.ndim == 1:
         vocals, accompaniment = vocals[0], accompaniment[0]
-    return Separation(vocals, accompaniment, probability)
+    return Separation(vocals, accompaniment, probability, rate)
 
 
-def _file_blocks(path: str, model_rate: int, block_seconds: float) -> BlockSource:
-    """Blocks (n_channels, n) of a file, resampled to `model_rate` by a streaming soxr resampler."""
+def file_blocks(path: str, block_seconds: float) -> BlockSource:
+    """Blocks (n_channels, n) of a file at its own rate; `AudioError` naming it when it cannot be
+    decoded, is truncated (as `karaoke prepare` refuses it) or holds NaN or Inf."""
     import soundfile as sf
-    import soxr
 
     from karaoke.audio import check_decoded_length, check_not_truncated
 
@@ -149,36 +203,41 @@ def _file_blocks(path: str, model_rate: int, block_seconds: float) -> BlockSourc
             raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC") from None
         with handle:
             check_not_truncated(handle, path)
-            rate, channels, decoded = handle.samplerate, handle.channels, 0
-            resampler = soxr.ResampleStream(rate, model_rate, channels, dtype="float32") if rate != model_rate else None
-            size = max(int(block_seconds * rate), 1)
+            size, decoded = max(int(block_seconds * handle.samplerate), 1), 0
             while True:
                 data = handle.read(size, dtype="float32", always_2d=True)
                 decoded += data.shape[0]
-                last = data.shape[0] < size
-                if last:
-                    check_decoded_length(handle.frames, decoded, path)
                 if not np.all(np.isfinite(data)):
                     raise AudioError(f"{path}: audio contains NaN or Inf samples")
-                if resampler is not None:
-                    data = resampler.resample_chunk(data, last=last)
                 if data.shape[0]:
                     yield data.T
-                if last:
+                if data.shape[0] < size:
+                    check_decoded_length(handle.frames, decoded, path)
                     return
 
     return blocks
 
 
-def make_folder(folder: Path) -> None:
-    """`folder` and its parents; `OutputError` naming it when a file stands in the way or it cannot
-    be written."""
-    from karaoke.errors import OutputError
-
+def make_folder(folder: Path) -> list[Path]:
+    """`folder` and its missing parents; returns the folders created (outermost first), for
+    `remove_folders`. `OutputError` naming the folder when a file stands in the way or it cannot be
+    written."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()][::-1]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{folder}: cannot write the separation there ({exc.strerror}); choose another --out") from None
+    return created
+
+
+def remove_folders(created: list[Path]) -> None:
+    """Remove the folders `make_folder` created, innermost first, while they are empty: a failed
+    song leaves no empty folder looking like a result."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def audio_info(path: Path):
@@ -198,45 +257,57 @@ def audio_info(path: Path):
 
 def separate_file(
     path: str | Path,
+    target: str | Path,
     model: torch.nn.Module,
     config: ExperimentConfig,
+    mask: MaskMode,
     alpha: float,
-    out_dir: str | Path,
+    audio_format: str = "wav",
+    bit_depth: str | None = None,
     chunk_seconds: float = 30.0,
     on_block: Callable[[int], None] | None = None,
     precision: str = "float32",
 ) -> Path:
-    """Separate one file of any format, rate, channel count and length into
-    `out_dir/<name>/vocals.wav` and `accompaniment.wav` (32-bit float WAV at the model's rate, as many
-    channels as the input). Memory is bounded by `chunk_seconds`. Both files appear only when done.
+    """Separate one file of any format, rate, channel count and length into the folder `target`:
+    `vocals.<ext>` and `accompaniment.<ext>` at the input's rate, channel count and length
+    (`karaoke.audio.output_format` for `audio_format` and `bit_depth`). Memory is bounded by
+    `chunk_seconds`. Both files appear only when done; on failure nothing is left, not even the
+    folders this call created. `on_block(n)` is called with each block's number of samples.
     `precision="bfloat16"` trades ~1e-2 of mask precision for speed (see `StreamingSoftMask`)."""
     import soundfile as sf
 
-    path = Path(path)
-    rate = config.corpus.sample_rate
-    channels = audio_info(path).channels
-    target = Path(out_dir) / path.stem
-    created = not target.exists()
-    make_folder(target)
-    names = ("vocals", "accompaniment")
-    partial = {n: target / f".{n}.wav.partial" for n in names}
-    writers = {n: sf.SoundFile(partial[n], "w", rate, channels, subtype="FLOAT", format="WAV") for n in names}
+    from karaoke.audio import output_format
+
+    path, target = Path(path), Path(target)
+    fmt, subtype = output_format(audio_format, bit_depth)
+    info = audio_info(path)
+    names, ext = ("vocals", "accompaniment"), audio_format.lower()
+    created = make_folder(target)
+    partial = {n: target / f".{n}.{ext}.partial" for n in names}
+    writers: dict[str, sf.SoundFile] = {}
     try:
-        blocks = _file_blocks(str(path), rate, chunk_seconds)
-        stream = separate_stream(model, config, blocks, alpha, name=str(path), precision=precision)
-        for vocals, accompaniment in stream:
-            writers["vocals"].write(vocals.T)
-            writers["accompaniment"].write(accompaniment.T)
+        for n in names:
+            try:
+                writers[n] = sf.SoundFile(partial[n], "w", info.samplerate, info.channels, subtype=subtype, format=fmt)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise OutputError(f"{target / f'{n}.{ext}'}: cannot write {fmt} at {info.samplerate} Hz ({exc}); choose another --format") from None
+        clip = subtype not in ("FLOAT", "DOUBLE")  # integer and lossy formats hold [-1, 1] only
+        blocks = file_blocks(str(path), chunk_seconds)
+        for vocals, accompaniment in separate_stream(
+            model, config, blocks, info.samplerate, mask, alpha, name=str(path), precision=precision
+        ):
+            for n, part in zip(names, (vocals, accompaniment)):
+                writers[n].write(np.clip(part.T, -1.0, 1.0) if clip else part.T)
             if on_block is not None:
                 on_block(vocals.shape[-1])
     except BaseException:
         for n in names:
-            writers[n].close()
+            if n in writers:
+                writers[n].close()
             partial[n].unlink(missing_ok=True)
-        if created:
-            target.rmdir()  # no empty folder left looking like a result
+        remove_folders(created)
         raise
     for n in names:
         writers[n].close()
-        os.replace(partial[n], target / f"{n}.wav")
+        os.replace(partial[n], target / f"{n}.{ext}")
     return target

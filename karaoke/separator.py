@@ -1,124 +1,146 @@
-"""The separator protocol: every method of the paper (the DNN, the NMF baseline, the ideal binary
-mask) is a `Separator` that gives the vocal probability p (n_bins, n_frames) of a song's features;
-Eq. 2 (`karaoke.masks.masks_to_audio`) turns p into audio at any alpha without asking it again.
+"""`karaoke.Separator`: a trained mask DNN that splits songs into vocals and accompaniment.
 
-Evaluation, tuning, the benchmarks and `karaoke separate` all get their separator from
-`load_separator(method, checkpoint, config)`.
+    from karaoke import Separator
+    separator = Separator.from_pretrained("mir1k")          # a name, a model folder or a URL
+    result = separator.separate(audio, sample_rate)          # (n,), (channels, n) or (n, channels)
+    result.vocals, result.accompaniment                      # the input's rate, layout and length
+    result.probability                                       # Eq. 1's soft mask p (n_bins, n_frames)
+
+Layout rule of a 2-D array: the axis of at most `MAX_CHANNELS` (8) entries is the channels when
+the other axis is longer, so (2, n) is channels-first and soundfile's (n, 2) is channels-last;
+any other shape (e.g. (4, 4)) is refused. Mono (n,) stays 1-D.
+
+The mask mode and alpha default to the model's (`evaluation.mask`, `evaluation.alpha` of its
+card); alpha has an effect only with binary masks (Eq. 2), so giving it with soft masks is an error.
+`karaoke separate` is this class applied to each input file (`separate_file`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from karaoke.config import ExperimentConfig
-from karaoke.features import SongFeatures, song_features
-from karaoke.masks import masks_to_audio
-from karaoke.mixing import MixedSong
+from karaoke.errors import AudioError, ConfigError
+from karaoke.masks import MaskMode, check_alpha
 
 if TYPE_CHECKING:
     import torch
 
-METHODS = ("ibm", "dnn", "nmf")
+    from karaoke.config import ExperimentConfig
+    from karaoke.separate import Separation
+
+MAX_CHANNELS = 8
 
 
-class Separator(Protocol):
-    """Anything that maps a song's features to its vocal probability p, (n_bins, n_frames) float32."""
-
-    method: str
-
-    def vocal_probability(self, features: SongFeatures) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class IdealBinaryMask:
-    """The upper bound the DNN and NMF are compared with: p = IBM (needs the song's references), so
-    every alpha in (0, 1) gives the same masks."""
-
-    method: str = "ibm"
-
-    def vocal_probability(self, features: SongFeatures) -> np.ndarray:
-        return features.ibm.astype(np.float32)
-
-
-@dataclass(frozen=True)
-class DnnSeparator:
-    """The mask DNN: p is Eq. 1, the mean of every hop-1 window's prediction covering a bin."""
-
-    model: "torch.nn.Module"
-    window_frames: int
-    method: str = "dnn"
-
-    def vocal_probability(self, features: SongFeatures) -> np.ndarray:
-        from karaoke.inference import soft_mask
-
-        return soft_mask(self.model, features.mixture, self.window_frames, scale=1.0)
-
-
-@dataclass(frozen=True)
-class NmfSeparator:
-    """The NMF baseline: per hop-1 window, the soft mask W_v H_v / (W_v H_v + W_nv H_nv) with the
-    activations fitted for fixed bases, averaged over the windows covering a bin."""
-
-    W_v: "torch.Tensor"  # (n_bins * window_frames, n_components)
-    W_nv: "torch.Tensor"
-    window_frames: int
-    iterations: int
-    seed: int
-    tolerance: float = 0.0  # nmf.test_tolerance
-    precision: str = "float32"  # nmf.test_precision
-    method: str = "nmf"
-
-    def vocal_probability(self, features: SongFeatures) -> np.ndarray:
-        from karaoke.models.nmf import nmf_vocal_probability
-
-        return nmf_vocal_probability(
-            features.mixture, self.W_v, self.W_nv, self.window_frames, self.iterations, self.seed,
-            tolerance=self.tolerance, precision=self.precision,
-        )
-
-
-def load_separator(method: str, checkpoint: str | None, config: ExperimentConfig, device: Any = "cpu") -> Separator:
-    """The separator of `method` ("ibm", "dnn", "nmf") from a checkpoint folder or URL (none for the
-    IBM), verified against `config` (`karaoke.checkpoint`)."""
-    from karaoke.storage import local_copy
-
-    if method == "ibm":
-        return IdealBinaryMask()
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if checkpoint is None:
-        raise ValueError(f"method {method!r} needs a checkpoint")
-    with local_copy(checkpoint) as folder:
-        if method == "dnn":
-            from karaoke.models.dnn import load_dnn
-
-            model, _, _ = load_dnn(folder, config, device=device)
-            return DnnSeparator(model, config.windows.n_frames)
-        from karaoke.models.nmf import load_bases
-
-        W_v, W_nv, _ = load_bases(folder, config, device=device)
-        nmf = config.nmf
-        return NmfSeparator(
-            W_v, W_nv, config.windows.n_frames, nmf.test_iterations, nmf.seed, nmf.test_tolerance, nmf.test_precision
-        )
-
-
-def song_probability(separator: Separator, song: MixedSong, config: ExperimentConfig) -> tuple[SongFeatures, np.ndarray]:
-    """(the song's features, its vocal probability p (n_bins, n_frames)) under `separator`."""
-    features = song_features(song, config)
-    return features, separator.vocal_probability(features)
-
-
-def separate_song(
-    separator: Separator, song: MixedSong, config: ExperimentConfig, alpha: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Vocals and accompaniment (n_samples,) of a song: p from `separator`, masks by Eq. 2 at `alpha`
-    (default `evaluation.alpha`) in the mode `evaluation.mask`, applied to the mixture STFT."""
-    features, probability = song_probability(separator, song, config)
-    alpha = config.evaluation.alpha if alpha is None else alpha
-    return masks_to_audio(
-        features.mixture_stft, probability, alpha, config.stft, len(song.mixture), config.evaluation.mask
+def channels_first(audio: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(audio as (n_channels, n_samples) float32, whether it was given channels-last); 1-D audio is
+    one channel. `AudioError` for a shape the layout rule (module docstring) does not decide."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        return audio[None], False
+    if audio.ndim == 2:
+        rows, columns = audio.shape
+        if rows <= MAX_CHANNELS and columns > rows:
+            return audio, False
+        if columns <= MAX_CHANNELS and rows > columns:
+            return np.ascontiguousarray(audio.T), True
+    raise AudioError(
+        f"audio of shape {audio.shape}: give (n_samples,), (n_channels, n_samples) or (n_samples, n_channels) "
+        f"with at most {MAX_CHANNELS} channels and more samples than channels"
     )
+
+
+class Separator:
+    """A mask DNN with its config, mask mode and alpha, ready to separate arrays and files."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: ExperimentConfig,
+        name: str = "model",
+        mask: MaskMode | None = None,
+        alpha: float | None = None,
+        precision: str = "float32",
+        chunk_seconds: float = 30.0,
+    ) -> None:
+        self.model, self.config, self.name = model, config, name
+        self.mask: MaskMode = mask or config.evaluation.mask
+        if self.mask not in ("binary", "soft"):
+            raise ConfigError(f"--mask {self.mask}: choose binary or soft")
+        if alpha is not None and self.mask == "soft":
+            raise ConfigError(
+                "--alpha has no effect with soft masks (p and 1 - p are applied as they are); "
+                "leave it out, or add --mask binary"
+            )
+        try:
+            self.alpha = check_alpha(config.evaluation.alpha if alpha is None else alpha)
+        except ValueError as exc:
+            raise ConfigError(f"--alpha: {exc}") from None
+        self.precision, self.chunk_seconds = precision, chunk_seconds
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path | None = None,
+        device: str | None = None,
+        mask: MaskMode | None = None,
+        alpha: float | None = None,
+        precision: str = "float32",
+        chunk_seconds: float = 30.0,
+    ) -> Separator:
+        """The model named (shipped or cached), a checkpoint or exported folder, a training run
+        folder, or a URL (downloaded once; see `karaoke.model_store.locate_model`); default: the
+        shipped default model. `device` "cpu" or "cuda" (default: the GPU when there is one)."""
+        from karaoke.model_store import locate_model, model_name
+        from karaoke.models.dnn import load_dnn, pick_device
+
+        torch_device = pick_device(device)
+        folder = locate_model(name_or_path)
+        model, config, _ = load_dnn(folder, device=torch_device)
+        return cls(model, config, model_name(folder), mask, alpha, precision, chunk_seconds)
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate the network works at; inputs at any rate are accepted."""
+        return self.config.corpus.sample_rate
+
+    def separate(self, audio: np.ndarray, sample_rate: int) -> Separation:
+        """Vocals and accompaniment of `audio` at `sample_rate`, in the input's layout and length
+        (see the module docstring), with the soft mask p (n_bins, n_frames) of Eq. 1 on the model's
+        STFT grid (`config.stft` at `sample_rate` of the model)."""
+        from karaoke.separate import Separation, separate_audio
+
+        signal, transposed = channels_first(audio)
+        if not np.all(np.isfinite(signal)):
+            raise AudioError("audio contains NaN or Inf samples")
+        chunk = max(int(self.chunk_seconds * sample_rate), 1)
+        result = separate_audio(
+            self.model, signal, self.config, self.alpha, sample_rate=int(sample_rate), mask=self.mask,
+            chunk_samples=chunk, precision=self.precision,
+        )
+        vocals, accompaniment = result.vocals, result.accompaniment
+        if np.ndim(audio) == 1:
+            vocals, accompaniment = vocals[0], accompaniment[0]
+        elif transposed:
+            vocals, accompaniment = vocals.T, accompaniment.T
+        return Separation(vocals, accompaniment, result.probability, result.sample_rate)
+
+    def separate_file(
+        self,
+        path: str | Path,
+        target: str | Path,
+        audio_format: str = "wav",
+        bit_depth: str | None = None,
+        on_block: Callable[[int], None] | None = None,
+    ) -> Path:
+        """Separate an audio file into the folder `target` (vocals.<ext>, accompaniment.<ext> at
+        the file's rate, channels and length; see `karaoke.separate.separate_file`)."""
+        from karaoke.separate import separate_file
+
+        return separate_file(
+            path, target, self.model, self.config, self.mask, self.alpha, audio_format, bit_depth,
+            self.chunk_seconds, on_block, self.precision,
+        )

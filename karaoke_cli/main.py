@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from karaoke import __version__
 from karaoke.errors import KaraokeError
 
 
@@ -41,6 +42,7 @@ class _Finite(click.ParamType):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="karaoke")
 def main() -> None:
     """Deep Karaoke: separate vocals from music with a mask-predicting DNN (Simpson et al. 2015)."""
 
@@ -184,9 +186,17 @@ def tune_command(config_path: str, overrides: tuple[str, ...], dataset: str, out
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True), help="DNN checkpoint folder, or a training run folder (its last epoch).")
-@click.option("--alpha", default=0.5, show_default=True, type=_Finite(0.0, 1.0), help="Mask threshold of Eq. 2, in (0, 1).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option(
+    "-m", "--model", default=None, metavar="MODEL",
+    help="A model name (see `karaoke models`; default: the shipped mir1k), a checkpoint or exported folder, "
+    "a training run folder (its last epoch), or a URL (https://, http://, s3://) downloaded once into the cache.",
+)
+@click.option("-o", "--out", "out_dir", default="separated", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("-d", "--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Where the network runs (default: the GPU when there is one).")
+@click.option("--format", "audio_format", type=click.Choice(["wav", "flac", "mp3"]), default="wav", show_default=True, help="Output file format.")
+@click.option("--bit-depth", type=click.Choice(["16", "24", "32f"]), default=None, help="Output samples (default: 32f for wav, 24 for flac; none for mp3).")
+@click.option("--mask", type=click.Choice(["binary", "soft"]), default=None, help="Eq. 2's binary masks at --alpha, or soft masks p and 1 - p (default: the model's).")
+@click.option("--alpha", default=None, type=_Finite(0.0, 1.0), help="Mask threshold of Eq. 2, in (0, 1), binary masks only (default: the model's).")
 @click.option("--chunk-seconds", default=30.0, show_default=True, type=_Finite(0.0), help="Audio processed at once (bounds memory).")
 @click.option(
     "--precision",
@@ -196,14 +206,46 @@ def tune_command(config_path: str, overrides: tuple[str, ...], dataset: str, out
     help="Network arithmetic on CPU; bfloat16 is ~2x faster on AVX512-BF16 CPUs (GPUs always use it).",
 )
 def separate(
-    inputs: tuple[str, ...], model_dir: str, alpha: float, out_dir: str, chunk_seconds: float, precision: str
+    inputs: tuple[str, ...], model: str | None, out_dir: str, device: str | None, audio_format: str,
+    bit_depth: str | None, mask: str | None, alpha: float | None, chunk_seconds: float, precision: str,
 ) -> None:
-    """Separate audio files (or folders of them) into OUT/<name>/vocals.wav and accompaniment.wav."""
+    """Separate audio files (or folders of them) into OUT/<model>/<track>/vocals.<ext> and
+    accompaniment.<ext>, at each input's sample rate, channel count and length.
+
+    Exit status: 0 every file separated; 1 some files failed (each listed with the reason, the
+    others written); 2 a usage, model or config error (one line naming the fix)."""
+    from karaoke.audio import output_format
+    from karaoke.separator import Separator
     from karaoke_cli.separate import separate_files
 
-    files = separate_files(inputs, model_dir, alpha, out_dir, chunk_seconds=chunk_seconds, progress=True, precision=precision)
-    for path in files:
-        click.echo(f"wrote {path}")
+    output_format(audio_format, bit_depth)
+    separator = Separator.from_pretrained(model, device, mask, alpha, precision, chunk_seconds)
+    sys.exit(separate_files(inputs, separator, out_dir, audio_format, bit_depth, progress=True))
+
+
+@main.command()
+@click.argument("source")
+@click.option("--name", required=True, help="The model's name: its folder, and what `--model NAME` finds.")
+@click.option("--out", "out_dir", default=".", show_default=True, type=click.Path(file_okay=False), help="Folder to write OUT/NAME/ in.")
+@click.option("--description", default=None, help="One line for `karaoke models` (default: the network, masks and training data).")
+def export(source: str, name: str, out_dir: str, description: str | None) -> None:
+    """Make a shippable model from SOURCE (a training run folder, its last epoch, or a checkpoint
+    folder or URL): float16 weights and a card with the config, training data and digest."""
+    from karaoke.model_store import export_model
+
+    click.echo(f"wrote {export_model(source, name, out_dir, description)}")
+
+
+@main.command()
+def models() -> None:
+    """List the models `--model NAME` finds: shipped with the package, and downloaded into the cache."""
+    from karaoke.model_store import available_models, cache_folder, shipped_folder
+
+    found = available_models()
+    if not found:
+        click.echo(f"no models in {shipped_folder()} or {cache_folder() / 'models'}; make one with `karaoke export`")
+    for model in found:
+        click.echo(f"{model.name}\t{model.origin}\t{model.description}")
 
 
 @main.command()

@@ -1,65 +1,63 @@
-"""The batch loop of `karaoke separate`: every input file through `karaoke.separate.separate_file`
-with one DNN, a progress bar per file."""
+"""The batch loop of `karaoke separate`: every input file through `karaoke.Separator.separate_file`
+into OUT/<model>/<track>/, a progress bar per file; a bad file is reported and skipped."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING
 
+import click
 
-def input_files(inputs: Iterable[str]) -> list[Path]:
-    """The audio files of the command's arguments: files as given, folders searched for audio."""
-    from karaoke.audio import is_audio_file
-    from karaoke.errors import AudioError
+if TYPE_CHECKING:
+    from karaoke.separator import Separator
 
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and is_audio_file(p.name))
-            if not found:
-                raise AudioError(f"{item}: folder holds no audio files ({', '.join(('.wav', '.flac', '...'))})")
-            files += found
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise AudioError(f"{item}: no such file or folder")
-    return files
+SOME_FAILED = 1  # exit status when some files failed (usage, model and config errors exit 2)
 
 
 def separate_files(
     inputs: Iterable[str],
-    model_dir: str | Path,
-    alpha: float,
+    separator: Separator,
     out_dir: str | Path,
-    chunk_seconds: float = 30.0,
+    audio_format: str = "wav",
+    bit_depth: str | None = None,
     progress: bool = False,
-    precision: str = "float32",
-) -> Iterator[Path]:
-    """`karaoke separate`: every file (folders are searched for audio) with a DNN checkpoint (or the
-    last one of a training run directory); runs on the GPU when there is one. Yields each output
-    folder; the model's config is saved in `out_dir`."""
+) -> int:
+    """Separate every input file (folders are searched for audio) into
+    `out_dir/<separator.name>/<track>/` (`karaoke.tracks.track_names`). A file that cannot be read
+    or written is reported on stderr (its name and the reason) and skipped; the model's config is
+    saved beside the tracks once one is written. Prints a summary; returns the exit status: 0, or
+    `SOME_FAILED` when any file failed."""
     from tqdm import tqdm
 
-    from karaoke.checkpoint import resolve_checkpoint
+    from karaoke.audio import output_format
     from karaoke.config import save_config
-    from karaoke.errors import ConfigError
-    from karaoke.masks import check_alpha
-    from karaoke.models.dnn import load_dnn, pick_device
-    from karaoke.separate import audio_info, make_folder, separate_file
+    from karaoke.errors import AudioError, OutputError
+    from karaoke.separate import audio_info
+    from karaoke.tracks import input_files, track_names
 
-    try:
-        alpha = check_alpha(alpha)
-    except ValueError as exc:
-        raise ConfigError(f"--alpha: {exc}") from None
+    output_format(audio_format, bit_depth)  # a bad flag is refused before any work
     files = input_files(inputs)
-    model, config, _ = load_dnn(resolve_checkpoint(model_dir), device=pick_device())
-    make_folder(Path(out_dir))
-    save_config(config, Path(out_dir) / "config.yaml")
-    for path in files:
-        info = audio_info(path)
-        seconds = info.frames / info.samplerate
-        with tqdm(total=round(seconds, 1), unit="s", desc=path.name, disable=not progress) as bar:
-            yield separate_file(
-                path, model, config, alpha, out_dir, chunk_seconds,
-                on_block=lambda n: bar.update(round(n / config.corpus.sample_rate, 1)), precision=precision,
+    folder = Path(out_dir) / separator.name
+    failed: list[Path] = []
+    for path, track in zip(files, track_names(files)):
+        try:
+            info = audio_info(path)
+            # counted in samples, shown in seconds of audio
+            bar = tqdm(
+                total=info.frames, unit_scale=1 / info.samplerate, desc=path.name, disable=not progress,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]",
             )
+            with bar:
+                target = separator.separate_file(path, folder / track, audio_format, bit_depth, on_block=bar.update)
+        except (AudioError, OutputError) as exc:
+            failed.append(path)
+            click.echo(f"failed: {exc}", err=True)
+            continue
+        click.echo(f"wrote {target}")
+    written = len(files) - len(failed)
+    if written:
+        save_config(separator.config, folder / "config.yaml")
+    summary = f"separated {written} of {len(files)} file{'s' * (len(files) != 1)} into {folder}"
+    click.echo(summary + (f"; {len(failed)} failed (listed above)" if failed else ""), err=bool(failed))
+    return SOME_FAILED if failed else 0

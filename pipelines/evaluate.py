@@ -1,11 +1,11 @@
-"""Score separators (the IBM, DNN and NMF checkpoints: `karaoke.separator`) over the alpha grid on
+"""Score mask estimators (the IBM, DNN and NMF checkpoints: `karaoke.estimators`) over the alpha grid on
 one split, one parallel Ray task per (song, separator), into RUN/scores/ (the layout of `karaoke.report`).
 
     karaoke evaluate --config configs/demo.yaml --out runs/demo \
         [--dataset DATASET] [--dnn CHECKPOINT] [--nmf CHECKPOINT] [--no-ibm] [--set key=value ...]
 
 Songs come from the prepared dataset (`--dataset`, its `songs/<split>/` shards) or, without one,
-straight from the config's corpus. Each task computes the separator's vocal probability once and
+straight from the config's corpus. Each task computes the estimator's vocal probability once and
 scores it (`score_song`: binary masks at every alpha, soft masks once when the config uses them)
 whole-song and framewise (1 s) with the fast engine. Written, each through a rename:
 RUN/scores/scores.parquet (one row per method, song, mask and alpha), summary.json (mean and 95%
@@ -33,11 +33,11 @@ def score_song(song, method: str, checkpoint: str | None, config, excerpt: bool 
     or on the mask mode: it is scored once, binary at `evaluation.alpha`.
     """
     from karaoke.metrics import score_alpha_grid
-    from karaoke.separator import load_separator, song_probability
+    from karaoke.estimators import load_estimator, song_probability
 
     torch_threads(1)
     evaluation = config.evaluation
-    features, probability = song_probability(load_separator(method, checkpoint, config), song, config)
+    features, probability = song_probability(load_estimator(method, checkpoint, config), song, config)
     mixture_stft = features.mixture_stft
     references = np.stack([song.vocals, song.accompaniment])
     rows = []

@@ -175,8 +175,8 @@ def _write_outputs(
 ) -> None:
     """results.parquet/.csv, then best/ (config, verified `model` checkpoint copy, criterion.json last)."""
     from karaoke.config import save_config
+    from karaoke.estimators import load_estimator
     from karaoke.report import write_scores
-    from karaoke.separator import load_separator
     from karaoke.storage import is_url, json_safe, local_copy, upload_folder
 
     url = is_url(out_dir)
@@ -188,7 +188,7 @@ def _write_outputs(
         best = local / BEST
         with local_copy(checkpoint) as folder:
             shutil.copytree(folder, best / "checkpoint")
-        load_separator(model, str(best / "checkpoint"), config)  # verifies the copy
+        load_estimator(model, str(best / "checkpoint"), config)  # verifies the copy
         save_config(config, best / "config.yaml")
         (best / MARKER).write_text(json.dumps(json_safe(document), indent=1, allow_nan=False))
         if url:

@@ -56,11 +56,11 @@ def trial_config(config: ExperimentConfig, params: dict[str, Any]) -> Experiment
 
 def _probability(method: str, checkpoint: str, song, config: ExperimentConfig):
     """(mixture STFT, vocal probability), each (n_bins, n_frames), of one song under one checkpoint."""
-    from karaoke.separator import load_separator, song_probability
+    from karaoke.estimators import load_estimator, song_probability
     from pipelines.evaluate import torch_threads
 
     torch_threads(1)
-    features, probability = song_probability(load_separator(method, checkpoint, config), song, config)
+    features, probability = song_probability(load_estimator(method, checkpoint, config), song, config)
     return features.mixture_stft, probability
 
 

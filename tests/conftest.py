@@ -138,3 +138,24 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory, small_config):
+    """A tiny model as `karaoke export` writes it (soft masks, 16 kHz, 257 x 20 -> 64 -> 257 x 20),
+    untrained but with spread-out output biases so that its masks are neither all 0 nor all 1."""
+    import dataclasses
+
+    import torch
+
+    from karaoke.model_store import export_model
+    from karaoke.models.dnn import build_model, save_dnn
+
+    config = dataclasses.replace(small_config, evaluation=dataclasses.replace(small_config.evaluation, mask="soft"))
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    with torch.no_grad():
+        model.net[2].bias.normal_(0.0, 3.0)
+    root = tmp_path_factory.mktemp("models")
+    checkpoint = save_dnn(root / "run" / "epoch_0001", model, config, 1, {"train_loss": 0.5})
+    return export_model(checkpoint.parent, "tiny", root / "exported", description="a tiny test model")

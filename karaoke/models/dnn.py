@@ -156,8 +156,21 @@ def make_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.Adam(model.parameters(), lr=train_cfg.learning_rate)
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(name: str | None = None) -> torch.device:
+    """The device `name` ("cpu" or "cuda"), or by default the GPU when there is one; `ConfigError`
+    when "cuda" is asked for and PyTorch sees no GPU."""
+    from karaoke.errors import ConfigError
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: choose cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--device cuda: PyTorch sees no CUDA GPU here (torch {torch.__version__}"
+            f"{', a CPU-only build' if torch.version.cuda is None else ''}); use --device cpu"
+        )
+    return torch.device(name)
 
 
 def _autocast(device: torch.device):

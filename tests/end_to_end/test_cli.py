@@ -44,10 +44,12 @@ def test_a_truncated_file_is_refused_by_separate_naming_it_and_leaving_nothing(s
     song.write_bytes(song.read_bytes()[: song.stat().st_size // 2])  # a copy cut off half-way
     out = tmp_path / "out"
     result = karaoke("separate", str(song), "--model", str(tmp_path / "model"), "--out", str(out))
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {song}: truncated audio: the header promises")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-2].startswith(f"failed: {song}: truncated audio: the header promises")
+    assert lines[-1] == f"separated 0 of 1 file into {out / 'test-model'}; 1 failed (listed above)"
     assert "Traceback" not in result.stderr
-    assert not (out / "song").exists()
+    assert not out.exists()  # no empty folder left looking like a result
 
 
 def test_an_output_path_blocked_by_a_file_and_a_card_from_another_model_are_one_line_errors(small_config, tmp_path):
@@ -61,16 +63,16 @@ def test_an_output_path_blocked_by_a_file_and_a_card_from_another_model_are_one_
     save_dnn(tmp_path / "model", build_model(small_config), small_config, 1, {"train_loss": 0.5})
     song = tmp_path / "song.wav"
     sf.write(song, np.zeros(16000, np.float32), 16000)
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "song").write_text("a file where the song's folder goes")
+    (tmp_path / "out" / "test-model").mkdir(parents=True)
+    (tmp_path / "out" / "test-model" / "song").write_text("a file where the song's folder goes")
     result = karaoke("separate", str(song), "--model", str(tmp_path / "model"), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: {tmp_path / 'out' / 'song'}: cannot write the separation there (File exists); choose another --out"
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-2] == (
+        f"failed: {tmp_path / 'out' / 'test-model' / 'song'}: cannot write the separation there (File exists); choose another --out"
     )
     result = karaoke("separate", str(song), "--model", str(tmp_path / "model"), "--out", str(song / "out"))
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {song / 'out'}: cannot write the separation there")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-2].startswith(f"failed: {song / 'out' / 'test-model' / 'song'}: cannot write the separation there")
 
     card_path = tmp_path / "model" / "checkpoint.json"
     card = json.loads(card_path.read_text())

@@ -10,9 +10,9 @@ import pytest
 from karaoke.bss_engine import FramewiseReferences, References, bss_eval
 from karaoke.config import config_from_dict
 from karaoke.corpora import list_songs
+from karaoke.estimators import IdealBinaryMask, separate_song
 from karaoke.masks import masks_to_audio
 from karaoke.mixing import MixedSong
-from karaoke.separator import IdealBinaryMask, separate_song
 
 TOLERANCE_DB = 1e-6
 

@@ -106,12 +106,13 @@ def test_chunked_separation_of_a_long_file_equals_unchunked(model, config, tmp_p
     tones = 0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 0.3 * t) > 0)
     audio = np.stack([tones + 0.05 * rng.standard_normal(t.size), 0.5 * tones]).astype(np.float32)
     sf.write(tmp_path / "long.flac", audio.T, rate)
-    whole = separate_file(tmp_path / "long.flac", model, config, 0.5, tmp_path / "whole", chunk_seconds=1000)
-    chunked = separate_file(tmp_path / "long.flac", model, config, 0.5, tmp_path / "chunked", chunk_seconds=1.7)
+    whole = separate_file(tmp_path / "long.flac", tmp_path / "whole", model, config, "binary", 0.5, chunk_seconds=1000)
+    chunked = separate_file(tmp_path / "long.flac", tmp_path / "chunked", model, config, "binary", 0.5, chunk_seconds=1.7)
     for name in ("vocals", "accompaniment"):
         a, rate_a = sf.read(whole / f"{name}.wav", dtype="float32")
         b, rate_b = sf.read(chunked / f"{name}.wav", dtype="float32")
-        assert rate_a == rate_b == 16000 and a.shape == b.shape == (seconds * 16000, 2)
+        # the input's rate, channels and length
+        assert rate_a == rate_b == rate and a.shape == b.shape == (seconds * rate, 2)
         assert np.abs(a).max() > 0.01
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert sorted(p.name for p in chunked.iterdir()) == ["accompaniment.wav", "vocals.wav"]
@@ -128,11 +129,12 @@ def test_cli_separates_a_folder_of_mono_and_stereo_files_at_any_rate(checkpoint,
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["separate", str(songs), "--model", str(checkpoint), "--alpha", "0.6", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    for name, channels, seconds in (("mono8k", 1, 2), ("stereo44k", 2, 3)):
+    folder = out / "test-dnn"  # the config's name and the checkpoint folder's
+    for name, channels, rate, seconds in (("mono8k", 1, 8000, 2), ("stereo44k", 2, 44100, 3)):
         for part in ("vocals", "accompaniment"):
-            info = sf.info(out / name / f"{part}.wav")
-            assert (info.channels, info.samplerate, info.frames) == (channels, 16000, seconds * 16000)
-    assert (out / "config.yaml").is_file()
+            info = sf.info(folder / name / f"{part}.wav")
+            assert (info.channels, info.samplerate, info.frames) == (channels, rate, seconds * rate)
+    assert (folder / "config.yaml").is_file()
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def test_alpha_grid_rows_match_mir_eval_and_show_the_sir_sar_trade_off(clip):
 
 def test_fast_and_mir_eval_scores_agree_on_a_synthetic_song(small_config):
     from karaoke.bss_engine import bss_eval
-    from karaoke.separator import IdealBinaryMask, separate_song
+    from karaoke.estimators import IdealBinaryMask, separate_song
 
     song = list_songs(small_config.corpus)[0].load(small_config.corpus.sample_rate, small_config.corpus.mixing)
     references = np.stack([song.vocals, song.accompaniment])

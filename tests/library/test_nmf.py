@@ -199,14 +199,14 @@ def test_bfloat16_products_stay_close(small_problem):
 
 def test_learned_bases_beat_the_mixture(training_matrix, nmf_config):
     from karaoke.corpora import list_songs
+    from karaoke.estimators import NmfEstimator, separate_song
     from karaoke.metrics import bss_eval_mir_eval
-    from karaoke.separator import NmfSeparator, separate_song
 
     V, keys = training_matrix
     W, _, _ = fit_nmf(V, keys, 8, 30, seed=0)
     song = list_songs(nmf_config.corpus, "test")[0].load(16000, "paper")
-    separator = NmfSeparator(W[0], W[1], nmf_config.windows.n_frames, nmf_config.nmf.test_iterations, nmf_config.nmf.seed)
-    vocals, accompaniment = separate_song(separator, song, nmf_config)
+    estimator = NmfEstimator(W[0], W[1], nmf_config.windows.n_frames, nmf_config.nmf.test_iterations, nmf_config.nmf.seed)
+    vocals, accompaniment = separate_song(estimator, song, nmf_config)
     references = np.stack([song.vocals, song.accompaniment])
     separated = bss_eval_mir_eval(references, np.stack([vocals, accompaniment]))
     unprocessed = bss_eval_mir_eval(references, np.stack([song.mixture, song.mixture]))

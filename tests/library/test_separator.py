@@ -1,60 +1,69 @@
-"""The separator protocol (karaoke.separator): one way from a checkpoint to a song's vocal probability."""
+"""`karaoke.Separator`: the Python API over a model, any input layout, the mask flags."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
-import torch
 
-from karaoke.corpora import list_songs
-from karaoke.features import song_features
-from karaoke.inference import soft_mask
-from karaoke.metrics import bss_eval_mir_eval
-from karaoke.models.dnn import build_model, save_dnn
-from karaoke.models.nmf import nmf_vocal_probability, save_bases
-from karaoke.separator import (
-    IdealBinaryMask,
-    load_separator,
-    separate_song,
-    song_probability,
-)
+from karaoke.errors import AudioError, ConfigError
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def test_importing_karaoke_loads_nothing_heavy_until_separator_is_used():
+    code = "import sys, karaoke; assert 'torch' not in sys.modules and 'numpy' not in sys.modules; print(karaoke.Separator.__module__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "karaoke.separator"
 
 
 @pytest.fixture(scope="module")
-def song(small_config):
-    return list_songs(small_config.corpus, split="test")[0].load(16000)
+def separator(exported_model):
+    from karaoke import Separator
+
+    return Separator.from_pretrained(exported_model, device="cpu")
 
 
-def test_ibm_separation_of_synthetic_songs_scores_high(small_config, song):
-    vocals, accompaniment = separate_song(IdealBinaryMask(), song, small_config, 0.5)
-    scores = bss_eval_mir_eval(np.stack([song.vocals, song.accompaniment]), np.stack([vocals, accompaniment]))
-    assert vocals.shape == accompaniment.shape == song.mixture.shape
-    # The IBM is the oracle: far better than the mixture itself as a vocal estimate.
-    assert scores.sdr[0] > 8.0 and scores.sir[0] > 12.0
-    assert np.allclose(vocals + accompaniment, song.mixture, atol=1e-4)  # binary masks partition the mixture
+def test_every_layout_comes_back_in_its_own_layout_with_the_same_separation(separator):
+    rng = np.random.default_rng(0)
+    stereo = (0.1 * rng.standard_normal((2, 22050))).astype(np.float32)  # (channels, n)
+    first = separator.separate(stereo, 22050)
+    last = separator.separate(stereo.T, 22050)  # soundfile's (n, channels)
+    mono = separator.separate(stereo[0], 22050)
+    assert first.vocals.shape == first.accompaniment.shape == (2, 22050)
+    assert last.vocals.shape == (22050, 2) and mono.vocals.shape == (22050,)
+    np.testing.assert_allclose(last.vocals, first.vocals.T, atol=1e-6)
+    np.testing.assert_allclose(last.accompaniment, first.accompaniment.T, atol=1e-6)
+    assert first.sample_rate == 22050 and first.probability.shape[0] == separator.config.stft.n_bins
+    # soft masks (the model's): the probability is Eq. 1's p, and the estimates sum to the input
+    assert separator.mask == "soft" and 0 <= first.probability.min() and first.probability.max() <= 1
+    np.testing.assert_allclose(mono.vocals + mono.accompaniment, stereo[0], atol=1e-5)
 
 
-def test_loaded_checkpoints_give_the_models_own_probabilities(small_config, song, tmp_path):
-    torch.manual_seed(0)
-    model = build_model(small_config).eval()
-    save_dnn(tmp_path / "dnn", model, small_config, 1, {"train_loss": 0.5})
-    W = torch.rand(2, small_config.n_inputs, 4) + 0.1
-    save_bases(tmp_path / "nmf", W, small_config, iteration=1)
-    features = song_features(song, small_config)
-    n_frames, nmf = small_config.windows.n_frames, small_config.nmf
-
-    dnn = load_separator("dnn", str(tmp_path / "dnn"), small_config)
-    _, probability = song_probability(dnn, song, small_config)
-    np.testing.assert_allclose(probability, soft_mask(model, features.mixture, n_frames, scale=1.0), atol=1e-6)
-
-    nmf_separator = load_separator("nmf", str(tmp_path / "nmf"), small_config)
-    expected = nmf_vocal_probability(features.mixture, W[0], W[1], n_frames, nmf.test_iterations, nmf.seed)
-    np.testing.assert_allclose(nmf_separator.vocal_probability(features), expected, atol=1e-6)
-    assert probability.shape == expected.shape == features.mixture.shape
+@pytest.mark.parametrize("shape", [(4, 4), (9, 20), (2, 3, 100)])
+def test_a_shape_the_layout_rule_cannot_decide_is_refused(separator, shape):
+    with pytest.raises(AudioError, match=r"give \(n_samples,\), \(n_channels, n_samples\) or \(n_samples, n_channels\)"):
+        separator.separate(np.zeros(shape, np.float32), 16000)
 
 
-def test_unknown_method_and_missing_checkpoint_are_refused(small_config):
-    with pytest.raises(ValueError, match="unknown method 'wiener'"):
-        load_separator("wiener", None, small_config)
-    with pytest.raises(ValueError, match="needs a checkpoint"):
-        load_separator("dnn", None, small_config)
+def test_alpha_is_an_error_with_soft_masks_and_applies_with_binary_ones(exported_model, separator):
+    from karaoke import Separator
+
+    with pytest.raises(ConfigError, match="--alpha has no effect with soft masks"):
+        Separator.from_pretrained(exported_model, device="cpu", alpha=0.3)
+    audio = (0.1 * np.random.default_rng(1).standard_normal(16000)).astype(np.float32)
+    strict = Separator(separator.model, separator.config, mask="binary", alpha=0.8).separate(audio, 16000)
+    loose = Separator(separator.model, separator.config, mask="binary", alpha=0.2).separate(audio, 16000)
+    # a higher alpha keeps fewer bins in the vocals (Eq. 2)
+    assert np.sum(strict.vocals**2) < np.sum(loose.vocals**2)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_one_line_error(exported_model):
+    from karaoke import Separator
+
+    with pytest.raises(ConfigError, match="--device cuda: PyTorch sees no CUDA GPU here .*; use --device cpu"):
+        Separator.from_pretrained(exported_model, device="cuda")

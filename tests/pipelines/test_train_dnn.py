@@ -97,7 +97,7 @@ def test_two_workers_checkpoint_resume_and_separate(dataset, synth_root, tmp_pat
     out = tmp_path / "separated"
     cli = CliRunner().invoke(main, ["separate", str(tmp_path / "song.wav"), "--model", run_dir, "--out", str(out)])
     assert cli.exit_code == 0, cli.output
-    vocals, _ = sf.read(out / "song" / "vocals.wav", dtype="float32")
+    vocals, _ = sf.read(out / f"{config.name}-{Path(second.checkpoint_path).name}" / "song" / "vocals.wav", dtype="float32")
     np.testing.assert_allclose(vocals, result.vocals, atol=1e-4)
 
 
