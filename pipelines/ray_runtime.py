@@ -46,7 +46,9 @@ def connect(include_dashboard: bool | None = None) -> None:
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     if not ray.is_initialized():
-        ray.init(include_dashboard=include_dashboard, log_to_driver=verbose)
+        # The dashboard (and its job and state APIs) on loopback only; Ray's gRPC servers bind all
+        # interfaces whatever the settings (docs/faults.md, "Ports").
+        ray.init(include_dashboard=include_dashboard, log_to_driver=verbose, dashboard_host="127.0.0.1")
 
 
 def train_storage(location: str) -> dict[str, Any]:
