@@ -31,7 +31,7 @@ def iteration_seconds(V, keys, n_components: int, iterations: int) -> list[float
 
     stamps: list[float] = []
 
-    def on_iteration(iteration, W, kl) -> None:
+    def on_iteration(iteration, W, H, kl) -> None:
         if V.is_cuda:
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())

@@ -13,7 +13,8 @@ for each, `pipelines.follow`); a failed worker group is restarted from the lates
 
 RUN_DIR gets `config.yaml`, `bases/` (the final W, a `karaoke.checkpoint` folder of kind "nmf"),
 `objective.json` (KL divergence and seconds per iteration) and `ray/` (Ray Train's run storage).
-H is not checkpointed: a resumed fit starts H again from its seed, so the objective may step up there.
+Each rank also checkpoints its H (`activations_rank<r>.safetensors`), so a resumed fit continues
+exactly where it stopped; only with another number of workers does H start again from its seed.
 """
 
 from __future__ import annotations
@@ -63,6 +64,46 @@ def _load_shard(rows, n_inputs: int, rank: int, world_size: int, device, nmf) ->
     return V.contiguous(), np.concatenate(keys)
 
 
+def _activations_file(rank: int) -> str:
+    return f"activations_rank{rank}.safetensors"
+
+
+def save_activations(folder: str | Path, rank: int, H: Any, keys: Any) -> None:
+    """This rank's H (S, K, N) and its columns' keys (N,), beside the checkpoint's bases."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    keys64 = torch.from_numpy(np.asarray(keys, dtype=np.uint64).view(np.int64).copy())
+    save_file({"H": H.detach().cpu().contiguous(), "keys": keys64}, str(Path(folder) / _activations_file(rank)))
+
+
+def load_activations(folder: str | Path, rank: int, keys: Any) -> tuple[Any, str | None]:
+    """(H, None) of this rank's columns as checkpointed, in the order of `keys`; (None, why) when
+    the checkpoint has none that fit (another number of workers, other windows, a damaged file):
+    H then starts again from its seed and the fit is no longer exactly the uninterrupted one."""
+    import numpy as np
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder) / _activations_file(rank)
+    if not path.is_file():
+        return None, f"no {path.name}"
+    try:
+        tensors = load_file(str(path))
+        H, stored = tensors["H"], tensors["keys"].numpy().view(np.uint64)
+    except (SafetensorError, OSError, KeyError) as exc:
+        return None, f"unreadable {path.name} ({exc})"
+    keys = np.asarray(keys, dtype=np.uint64)
+    if np.array_equal(stored, keys):
+        return H, None
+    # The same windows read in another order: match columns by key (keys must then be unique).
+    if len(stored) == len(keys) and len(np.unique(keys)) == len(keys) and np.array_equal(np.sort(stored), np.sort(keys)):
+        order = np.argsort(stored)[np.argsort(np.argsort(keys))]
+        return H[:, :, order], None
+    return None, f"{path.name} holds other windows"
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Per worker: load the column shard, restore W from the latest checkpoint, fit, report and checkpoint."""
     import ray.train
@@ -80,11 +121,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     V, keys = _load_shard(ray.train.get_dataset_shard("train"), config.n_inputs, rank, world_size, device, config.nmf)
 
-    W, start, history = None, 0, []
+    W, H, start, history = None, None, 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             W_v, W_nv, card = load_bases(folder, config)
+            H, problem = load_activations(folder, rank, keys)
+        if problem is not None:
+            print(f"rank {rank}: H starts again from its seed ({problem})")
         if W_v.shape[1] != config.nmf.n_components:
             raise CheckpointError(
                 f"{checkpoint.path}: has {W_v.shape[1]} bases per source but nmf.n_components is "
@@ -93,19 +137,22 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         W, start, history = torch.stack([W_v, W_nv]), card["iteration"], card["objective"]
     last = config.nmf.train_iterations
 
-    def publish(W: torch.Tensor) -> None:
-        # Every rank reports; rank 0 attaches the checkpoint.
+    def publish(W: torch.Tensor, H: torch.Tensor) -> None:
+        # Every rank puts its H into the checkpoint folder; rank 0 adds the bases and the card.
         metrics = {key: history[-1][key] for key in ("iteration", "kl_vocals", "kl_accompaniment")}
-        if rank != 0:
-            ray.train.report(metrics)
-            return
         with tempfile.TemporaryDirectory() as folder:
-            save_bases(folder, W, config, iteration=metrics["iteration"], objective=history)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+            save_activations(folder, rank, H, keys)
+            if rank == 0:
+                save_bases(folder, W, config, iteration=metrics["iteration"], objective=history)
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(folder),
+                checkpoint_dir_name=f"iteration_{metrics['iteration']:05d}",
+            )
 
     clock = [time.perf_counter()]
 
-    def on_iteration(iteration: int, W: torch.Tensor, kl) -> None:
+    def on_iteration(iteration: int, W: torch.Tensor, H: torch.Tensor, kl) -> None:
         now = time.perf_counter()
         row = {"iteration": iteration + 1, "kl_vocals": float(kl[0]), "kl_accompaniment": float(kl[1])}
         history.append({**row, "seconds": now - clock[0]})
@@ -113,13 +160,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         # Train V2 takes one report per health-check poll (2 s), so ranks report only with a
         # checkpoint; the card holds the objective of every iteration.
         if (iteration + 1) % config.nmf.checkpoint_every == 0 or iteration + 1 == last:
-            publish(W)
+            publish(W, H)
 
     allreduce = dist.all_reduce if world_size > 1 else None
-    fit_nmf(V, keys, config.nmf.n_components, last, config.nmf.seed, W, start, allreduce, on_iteration)
+    W, H, _ = fit_nmf(V, keys, config.nmf.n_components, last, config.nmf.seed, W, start, allreduce, on_iteration, H)
     if start >= last:
         # Resumed after the last iteration: the restored bases are this run's result.
-        publish(W)
+        publish(W, H)
 
 
 def fit_bases(config, train_ds, run_dir: str | Path, resume: bool = False) -> str:

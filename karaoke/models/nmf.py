@@ -22,8 +22,9 @@ the soft mask S_v = W_v H_v / (W_v H_v + W_nv H_nv) is averaged over overlapping
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -133,14 +134,16 @@ def fit_nmf(
     W: torch.Tensor | None = None,
     start_iteration: int = 0,
     allreduce: Allreduce | None = None,
-    on_iteration: Callable[[int, torch.Tensor, np.ndarray], None] | None = None,
+    on_iteration: Callable[[int, torch.Tensor, torch.Tensor, np.ndarray], None] | None = None,
+    H: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[np.ndarray]]:
     """Learn bases W (S, D, K) of data V (S, D, N) whose columns have uint64 `keys` (N,).
 
     With `allreduce` (an in-place sum over workers, e.g. torch.distributed.all_reduce) V is this
-    worker's shard of the columns and the result equals the fit of all columns at once. `W` and
-    `start_iteration` resume a fit (H starts again from its seed). `on_iteration(i, W, kl)` is called
-    after each iteration with the KL divergence (S,) of all columns at the start of iteration i.
+    worker's shard of the columns and the result equals the fit of all columns at once. `W`,
+    `start_iteration` and `H` (S, K, N) resume a fit exactly; without `H`, H starts again from its
+    seed. `on_iteration(i, W, H, kl)` is called after each iteration with the factors it left and
+    the KL divergence (S,) of all columns at the start of iteration i.
     Returns (W, this shard's H (S, K, N), the KL per iteration).
     """
     n_sources, n_inputs, _ = V.shape
@@ -155,8 +158,11 @@ def fit_nmf(
     if W is None:
         W = init_bases(n_sources, n_inputs, n_components, seed, mean)
     W = W.to(V.device, V.dtype).clamp_min(EPS)
-    h_scale = (2 * (mean / n_components).sqrt()).to(V.device, V.dtype).view(-1, 1, 1)
-    H = torch.stack([column_uniform(keys, n_components, seed, s) for s in range(n_sources)]).to(V.device) * h_scale
+    if H is None:
+        h_scale = (2 * (mean / n_components).sqrt()).to(V.device, V.dtype).view(-1, 1, 1)
+        H = torch.stack([column_uniform(keys, n_components, seed, s) for s in range(n_sources)]).to(V.device) * h_scale
+    else:
+        H = H.to(V.device, V.dtype).clone()
     # Step 3. Alternate H and W updates; W statistics and the objective are summed over workers.
     objectives, scratch = [], torch.empty_like(V)
     for iteration in range(start_iteration, iterations):
@@ -175,7 +181,7 @@ def fit_nmf(
         kl = kl.double().cpu().numpy()
         objectives.append(kl)
         if on_iteration is not None:
-            on_iteration(iteration, W, kl)
+            on_iteration(iteration, W, H, kl)
     return W, H, objectives
 
 

@@ -13,9 +13,9 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -161,9 +161,10 @@ def test_dnn_worker_killed_mid_run_restarts_from_last_checkpoint(dnn_dataset, sy
 @pytest.mark.slow
 def test_nmf_worker_killed_mid_fit_restarts_from_last_checkpoint(dnn_dataset, synth_root, tmp_path):
     """Fault: SIGKILL of one of two NMF workers after the first checkpoint (iteration 4 of 24).
-    Expected: the group restarts from the latest checkpoint of W and finishes; the objective has
-    each iteration 1..24 exactly once, all finite, and ends below where it started; the final bases
-    and the checkpoints Ray Train kept load with their digests verified."""
+    Expected: the group restarts from the latest checkpoint of W and each worker's H and finishes;
+    the objective has each iteration 1..24 exactly once, all finite, and ends below where it started;
+    the final bases and the checkpoints Ray Train kept load with their digests verified, and the
+    bases are those of an uninterrupted fit (to float rounding)."""
     from karaoke.models.nmf import load_bases
     from pipelines.train_nmf import train_nmf
 
@@ -194,7 +195,17 @@ def test_nmf_worker_killed_mid_fit_restarts_from_last_checkpoint(dnn_dataset, sy
     assert 0 < resumed_card["iteration"] < 24 and objective[: resumed_card["iteration"]] == resumed_card["objective"]
     snapshot = json.loads((run / "ray" / "nmf" / "checkpoint_manager_snapshot.json").read_text())
     for kept in snapshot["checkpoint_results"]:
-        load_bases(run / "ray" / "nmf" / kept["checkpoint_dir_name"], config)  # digest verified
+        folder = run / "ray" / "nmf" / kept["checkpoint_dir_name"]
+        load_bases(folder, config)  # digest verified
+        assert {p.name for p in folder.glob("activations_rank*")} == {"activations_rank0.safetensors", "activations_rank1.safetensors"}
+
+    uninterrupted = train_nmf(config, dnn_dataset, str(tmp_path / "uninterrupted"))
+    W_v, W_nv, reference = load_bases(uninterrupted, config)
+    W_v_resumed, W_nv_resumed, _ = load_bases(bases, config)
+    np.testing.assert_allclose(W_v_resumed.numpy(), W_v.numpy(), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(W_nv_resumed.numpy(), W_nv.numpy(), rtol=1e-4, atol=1e-9)
+    kl_reference = np.array([[row["kl_vocals"], row["kl_accompaniment"]] for row in reference["objective"]])
+    np.testing.assert_allclose(kl, kl_reference, rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -159,3 +159,24 @@ def test_train_hop_must_be_a_multiple_of_the_window_hop(synth_root):
     with pytest.raises(KaraokeError, match="nmf.train_hop .* multiple of windows.train_hop"):
         nmf_config(synth_root, train_hop=20)
     assert nmf_config(synth_root, train_hop=30).nmf.train_hop == 30
+
+
+def test_checkpointed_activations_follow_their_windows_not_their_order(tmp_path):
+    """A resumed worker gets back its H column by column, whatever order the windows are read in;
+    H from other windows (another number of workers) is not used."""
+    import torch
+
+    from pipelines.train_nmf import load_activations, save_activations
+
+    keys = np.array([11, 5, 42, 7], dtype=np.uint64)
+    H = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    save_activations(tmp_path, 1, H, keys)
+    same, problem = load_activations(tmp_path, 1, keys)
+    assert problem is None and torch.equal(same, H)
+    shuffled = keys[[2, 0, 3, 1]]
+    moved, problem = load_activations(tmp_path, 1, shuffled)
+    assert problem is None and torch.equal(moved, H[:, :, [2, 0, 3, 1]])
+    assert load_activations(tmp_path, 1, keys[:3])[1] == "activations_rank1.safetensors holds other windows"
+    assert load_activations(tmp_path, 0, keys)[1] == "no activations_rank0.safetensors"
+    (tmp_path / "activations_rank1.safetensors").write_bytes(b"partial")
+    assert load_activations(tmp_path, 1, keys)[1].startswith("unreadable activations_rank1.safetensors")
