@@ -209,8 +209,8 @@ def report(paths: list[str], out_dir: str | None) -> None:
             print(f"{source}: {gap_text(table, source)}")
     if out_dir and rows:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        save_figure(figure_alpha_curves(table), Path(out_dir) / "figure2_alpha.png")
-        save_figure(figure_sar_vs_sir(table), Path(out_dir) / "figure3_sar_vs_sir.png")
+        save_figure(figure_alpha_curves(table), Path(out_dir) / "figure2.png")
+        save_figure(figure_sar_vs_sir(table), Path(out_dir) / "figure3.png")
         counts = {m: len({r["song_id"] for r in rows if r["method"] == m}) for m in sweeps}
         print(f"figures in {out_dir} (clips per method: {counts})")
 

@@ -43,12 +43,18 @@ def connect(include_dashboard: bool | None = None) -> None:
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     verbose = _VERBOSE[0]
-    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    level = logging.INFO if verbose else logging.WARNING
     if not ray.is_initialized():
         # The dashboard (and its job and state APIs) on loopback only; Ray's gRPC servers bind all
         # interfaces whatever the settings (docs/faults.md, "Ports").
-        ray.init(include_dashboard=include_dashboard, log_to_driver=verbose, dashboard_host="127.0.0.1")
+        ray.init(
+            include_dashboard=include_dashboard, log_to_driver=verbose, logging_level=level, dashboard_host="127.0.0.1"
+        )
+    # Ray Data sets its loggers' levels when first imported: import it, then set them.
+    import ray.data  # noqa: F401
+
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(level)
 
 
 def train_storage(location: str) -> dict[str, Any]:
