@@ -30,9 +30,15 @@ def dnn_steps(card: dict) -> list[Step]:
 
 
 def nmf_steps(card: dict) -> list[Step]:
-    """An NMF card's checkpointed iterations: the objective's rows up to the card's iteration."""
-    rows = [row for row in card.get("objective", []) if row["iteration"] <= card.get("iteration", 0)]
-    return [{"step": row["iteration"], **row} for row in rows]
+    """An NMF card's iterations (the objective's rows up to the card's iteration); those a
+    checkpoint was made at are `shown` on the console, every one goes to TensorBoard."""
+    every = card.get("config", {}).get("nmf", {}).get("checkpoint_every", 1)
+    last = card.get("iteration", 0)
+    rows = [row for row in card.get("objective", []) if row["iteration"] <= last]
+    return [
+        {"step": row["iteration"], **row, "shown": row["iteration"] % every == 0 or row["iteration"] == last}
+        for row in rows
+    ]
 
 
 def epoch_line(step: Step, total: int, eta_seconds: float | None) -> str:
@@ -98,9 +104,10 @@ class _Follower:
             self.last = step["step"]
             started, first = self.clock
             per_step = (time.monotonic() - started) / max(self.last - first, 1)
-            print(f"  {self.line(step, self.total, per_step * (self.total - self.last))}", flush=True)
+            if step.get("shown", True):
+                print(f"  {self.line(step, self.total, per_step * (self.total - self.last))}", flush=True)
             for key, value in step.items():
-                if key != "step" and isinstance(value, (int, float)):
+                if key not in ("step", "shown") and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step["step"])
             self.writer.flush()
 

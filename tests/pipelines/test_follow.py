@@ -104,12 +104,17 @@ def test_nmf_lines_follow_the_checkpointed_iterations(tmp_path, capsys):
     for iteration in (4, 8):
         folder = run / f"checkpoint_{iteration}"
         folder.mkdir(parents=True)
-        (folder / "checkpoint.json").write_text(json.dumps({"iteration": iteration, "objective": objective[:iteration]}))
+        card = {"iteration": iteration, "objective": objective[:iteration], "config": {"nmf": {"checkpoint_every": 4}}}
+        (folder / "checkpoint.json").write_text(json.dumps(card))
     follower = _Follower(str(tmp_path / "empty"), nmf_steps, nmf_line, 8, writer=_Writer())
     follower.run_dir = str(run)
     follower.poll()
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 8 and lines[-1].startswith("  NMF iteration 8/8  KL vocals 12.5  accompaniment 25")
+    # one line per checkpoint; every iteration in TensorBoard
+    assert [line.split()[2] for line in lines] == ["4/8", "8/8"]
+    assert lines[-1].startswith("  NMF iteration 8/8  KL vocals 12.5  accompaniment 25")
+    assert [step for step, _ in follower.writer.scalars["kl_vocals"]] == list(range(1, 9))
+    assert "shown" not in follower.writer.scalars
 
 
 class _Writer:
