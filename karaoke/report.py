@@ -36,6 +36,7 @@ from karaoke.figures import (
     figure_sar_vs_sir,
     figure_spectrograms,
     gap_text,
+    sar_gap_at_equal_sir,
     save_figure,
 )
 from karaoke.metrics import METRICS, SCORE_COLUMNS, global_scores, summarise
@@ -139,6 +140,19 @@ def _headline(summary: Sequence[dict], alpha: float) -> list[dict]:
     return [r for r in summary if at(r)]
 
 
+def _verdict(summary: Sequence[dict]) -> str:
+    """One sentence: does this run show the paper's Figure 3 finding (panel a, the mean)?"""
+    gap = sar_gap_at_equal_sir(summary, "mean")
+    if not np.isfinite(gap):
+        return "**Not measurable here:** Figure 3 needs binary-mask sweeps of both the DNN and the NMF whose SIR ranges overlap."
+    if gap > 0:
+        return f"**This run reproduces the finding:** at equal SIR the DNN's SAR is {gap:.2f} dB above the NMF's."
+    return (
+        f"**This run does not reproduce the finding:** at equal SIR the NMF's SAR is {-gap:.2f} dB above the "
+        "DNN's (the paper's DNN had far more data and training than this run's)."
+    )
+
+
 def _markdown(summary: Sequence[dict], rows: Sequence[dict], figures: Sequence[str], source_path: Path, alpha: float) -> str:
     songs = sorted({r["song_id"] for r in rows})
     lines = [
@@ -153,7 +167,7 @@ def _markdown(summary: Sequence[dict], rows: Sequence[dict], figures: Sequence[s
         "",
     ]
     lines += [f"- {title}: {gap_text(summary, panel)}" for panel, title in PANELS]
-    lines.append("")
+    lines += ["", _verdict(summary), ""]
     if all(f"{s}_sdr_mixture" in rows[0] for s in ("vocals", "accompaniment")):
         lines += [
             f"GNSDR, GSIR, GSAR (dB, length-weighted over songs) at alpha {alpha:.2f}:",

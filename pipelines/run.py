@@ -189,6 +189,10 @@ def print_results(results: dict) -> None:
     for panel, gap in results.get("sar_gap_at_equal_sir", {}).items():
         value = f"{gap:+.2f} dB" if gap is not None else "n/a (no overlapping SIR range)"
         print(f"  {panel:<14}{value:>10}  {paper[panel]}")
+    mean = results.get("sar_gap_at_equal_sir", {}).get("mean")
+    if mean is not None:
+        verdict = "reproduces" if mean > 0 else "does not reproduce"
+        print(f"  this run {verdict} the paper's finding (the DNN's SAR above the NMF's at equal SIR)")
 
 
 def tuned_config(run: Run) -> Run | None:

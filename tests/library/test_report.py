@@ -92,6 +92,9 @@ def test_report_opens_with_the_papers_comparison_then_figures_and_tables(run_dir
     summary = summarise(read_scores(run_dir / "scores" / "scores.parquet"))
     gap = sar_gap_at_equal_sir(summary, "vocals")
     assert np.isfinite(gap) and f"- b: vocals: DNN SAR - NMF SAR at equal SIR: {gap:+.2f} dB (paper: ~5 dB)" in lines
+    mean_gap = sar_gap_at_equal_sir(summary, "mean")
+    verdict = "reproduces" if mean_gap > 0 else "does not reproduce"
+    assert f"**This run {verdict} the finding:**" in page
     # The GNSDR table at alpha 0.5 comes before the figures, with the soft masks as their own row.
     assert page.index("| dnn | soft | 0.50 | 3 |") < page.index("](figure1.png)") < page.index("## Vocals")
     for figure in ("figure1.png", "figure2.png", "figure3.png"):
