@@ -39,14 +39,17 @@ def connect(include_dashboard: bool | None = None) -> None:
     import logging
 
     import ray
+    import ray.data  # it sets its logger's level on import, so the levels below come after it
 
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     verbose = _VERBOSE[0]
+    level = logging.INFO if verbose else logging.WARNING
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+        logging.getLogger(name).setLevel(level)
     if not ray.is_initialized():
-        ray.init(include_dashboard=include_dashboard, log_to_driver=verbose)
+        # ray.init sets the "ray" logger's level again, to its own argument.
+        ray.init(include_dashboard=include_dashboard, log_to_driver=verbose, logging_level=level)
 
 
 def train_storage(location: str) -> dict[str, Any]:
