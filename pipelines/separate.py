@@ -84,7 +84,7 @@ def separate_on_ray(
     """Separate `songs` ((path or URL, track name) pairs) into `folder/<track>/` (a folder or URL)
     on `jobs` replicas (fewer when there are fewer songs), each a `Separator.from_pretrained(**options)`. Returns an iterator of one
     status row per song as it finishes: path, track, error (None, or the one line naming the file
-    and the reason), and the replica's process id and peak resident memory so far (`peak_mib`).
+    as given and the reason), and the replica's process id and peak resident memory so far (`peak_mib`).
     `ConfigError` when `-d cuda` asks for more GPUs than the cluster has. Needs a connected Ray."""
     import ray
 
@@ -99,6 +99,7 @@ def separate_on_ray(
         raise ConfigError(f"-d cuda -j {jobs}: each replica takes a GPU and the Ray cluster has {gpus:g}; use -j {int(gpus)} or fewer")
     # Ray counts resources to 4 decimals: rounding a share up would leave the last replica unplaced.
     share = math.floor(cpus / jobs * 1e4) / 1e4
+    given = {_absolute(path): path for path, _ in songs}
     items = [{"path": _absolute(path), "track": track} for path, track in songs]
     constructor = {
         "options": replica_options(options, use_gpu), "threads": max(1, int(cpus) // jobs),
@@ -118,17 +119,22 @@ def separate_on_ray(
         )
     finally:
         context.enable_progress_bars, context.op_resource_reservation_enabled = saved
-    return _rows(results)
+    return _rows(results, given)
 
 
-def _rows(results: ray.data.Dataset) -> Iterator[dict[str, Any]]:
-    """The status rows; a replica that cannot load its model raises that one line here instead of
-    Ray's wrapped traceback."""
+def _rows(results: ray.data.Dataset, given: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """The status rows, each path (and the error line that starts with it) as the caller gave it;
+    a replica that cannot load its model raises that one line here instead of Ray's wrapped
+    traceback."""
     from karaoke.errors import CheckpointError, ConfigError
     from pipelines.ray_runtime import unwrap_error
 
     try:
-        yield from results.iter_rows()
+        for row in results.iter_rows():
+            path, error = row["path"], row["error"]
+            if error is not None and error.startswith(f"{path}:"):
+                error = given[path] + error[len(path):]
+            yield {**row, "path": given[path], "error": error}
     except Exception as exc:
         for error in (ConfigError, CheckpointError):
             unwrapped = unwrap_error(exc, error)

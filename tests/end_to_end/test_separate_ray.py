@@ -71,21 +71,21 @@ def test_two_replicas_write_the_files_of_the_in_process_run(ray_session, songs, 
     assert sf.info(two / "mir1k" / "live" / "hifi" / "vocals.wav").samplerate == 44100
 
 
-def test_a_bad_file_is_reported_and_skipped_leaving_no_partial_folder(ray_session, songs, tmp_path):
+def test_a_bad_file_is_reported_and_skipped_leaving_no_partial_folder(ray_session, songs, tmp_path, monkeypatch):
     folder = tmp_path / "batch"
     folder.mkdir()
     for name in ("stereo.wav", "mono_1.wav"):
         (folder / name).write_bytes((songs / name).read_bytes())
-    cut = folder / "cut.wav"
-    cut.write_bytes((songs / "mono_3.wav").read_bytes()[:20000])
+    (folder / "cut.wav").write_bytes((songs / "mono_3.wav").read_bytes()[:20000])
     (folder / "junk.mp3").write_bytes(b"not audio at all")
-    out = tmp_path / "out"
-    result = run("separate", folder, "-o", out, "-j", 2)
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed: the replicas run elsewhere
+    result = run("separate", "batch", "-o", "out", "-j", 2)
     assert result.exit_code == 1
     lines = report_lines(result.output)
-    assert any(line.startswith(f"failed: {cut}: truncated audio: the header promises") for line in lines), lines
-    assert any(line.startswith(f"failed: {folder / 'junk.mp3'}: cannot decode audio") for line in lines), lines
-    assert lines[-1] == f"separated 2 of 4 files into {out / 'mir1k'}; 2 failed (listed above)"
+    assert any(line.startswith("failed: batch/cut.wav: truncated audio: the header promises") for line in lines), lines
+    assert any(line.startswith("failed: batch/junk.mp3: cannot decode audio") for line in lines), lines
+    assert lines[-1] == "separated 2 of 4 files into out/mir1k; 2 failed (listed above)"
+    out = tmp_path / "out"
     everything = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))  # hidden files and folders too
     assert everything == [
         "mir1k", "mir1k/config.yaml", "mir1k/mono_1", "mir1k/mono_1/accompaniment.wav", "mir1k/mono_1/vocals.wav",
@@ -116,6 +116,18 @@ def test_an_s3_prefix_in_and_out(ray_session, s3_endpoint, songs, tmp_path):
             with fs.open(f"test-bucket/separated/mir1k/{track}/{part}.wav", "rb") as handle:
                 uploaded = sf.read(handle)[0]
             np.testing.assert_allclose(uploaded, sf.read(local / "mir1k" / track / f"{part}.wav")[0], rtol=0, atol=1e-6)
+
+
+def test_an_upload_that_fails_is_reported_and_leaves_nothing(s3_endpoint, songs):
+    import s3fs
+
+    result = run("separate", songs / "stereo.wav", "-o", "s3://no-such-bucket/separated")
+    assert result.exit_code == 1
+    lines = report_lines(result.output)
+    assert lines[0].startswith("failed: s3://no-such-bucket/separated/mir1k/stereo: cannot upload the separation ("), lines
+    assert lines[0].endswith("); check the bucket and its credentials")
+    assert lines[-1] == "separated 0 of 1 file into s3://no-such-bucket/separated/mir1k; 1 failed (listed above)"
+    assert "no-such-bucket" not in s3fs.S3FileSystem(endpoint_url=s3_endpoint).ls("")
 
 
 def test_more_gpu_replicas_than_the_cluster_has_is_a_one_line_error(ray_session, songs, tmp_path):
