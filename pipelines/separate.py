@@ -61,7 +61,7 @@ def _absolute(location: str) -> str:
     return location if is_url(location) else os.path.abspath(location)
 
 
-def replica_options(options: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
+def _replica_options(options: dict[str, Any], use_gpu: bool) -> dict[str, Any]:
     """`Separator.from_pretrained` arguments for a replica: the model the driver found (a URL stays
     a URL, which each node caches once; anything else becomes the driver's resolved folder) on the
     replica's device (its GPU, or the CPU: `-j` without `-d cuda` never takes a GPU)."""
@@ -82,10 +82,11 @@ def separate_on_ray(
     jobs: int = 2,
 ) -> Iterator[dict[str, Any]]:
     """Separate `songs` ((path or URL, track name) pairs) into `folder/<track>/` (a folder or URL)
-    on `jobs` replicas (fewer when there are fewer songs), each a `Separator.from_pretrained(**options)`. Returns an iterator of one
-    status row per song as it finishes: path, track, error (None, or the one line naming the file
-    as given and the reason), and the replica's process id and peak resident memory so far (`peak_mib`).
-    `ConfigError` when `-d cuda` asks for more GPUs than the cluster has. Needs a connected Ray."""
+    on `jobs` replicas (fewer when there are fewer songs), each a
+    `Separator.from_pretrained(**options)`. Returns an iterator of one status row per song as it
+    finishes: path, track, error (None, or the one line naming the file as given and the reason),
+    and the replica's process id and peak resident memory so far (`peak_mib`). `ConfigError` when
+    `-d cuda` asks for more GPUs than the cluster has. Needs a connected Ray."""
     import ray
 
     from karaoke.errors import ConfigError
@@ -102,7 +103,7 @@ def separate_on_ray(
     given = {_absolute(path): path for path, _ in songs}
     items = [{"path": _absolute(path), "track": track} for path, track in songs]
     constructor = {
-        "options": replica_options(options, use_gpu), "threads": max(1, int(cpus) // jobs),
+        "options": _replica_options(options, use_gpu), "threads": max(1, int(cpus) // jobs),
         "folder": _absolute(str(folder)), "audio_format": audio_format, "bit_depth": bit_depth,
     }
     # A Dataset copies the current DataContext when it is created, so the settings go first. The
