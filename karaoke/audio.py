@@ -1,5 +1,6 @@
-"""Audio I/O: read any format soundfile decodes (local or any fsspec URL, e.g. s3://), resample with
-soxr, downmix, write WAV/FLAC atomically, and the output formats of `karaoke separate`.
+"""Audio I/O: read any format soundfile decodes (local or any fsspec URL, e.g. s3://), whole or
+streamed (`open_sound`), resample with soxr, downmix, write WAV/FLAC atomically, and the output
+formats of `karaoke separate`.
 
 Arrays are float32 of shape (n_channels, n_samples); mono signals are (n_samples,).
 """
@@ -9,14 +10,18 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from karaoke.errors import AudioError
-from karaoke.storage import is_url
+from karaoke.storage import is_url, open_fs
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+# Read size of a file opened at a URL: a few round trips per song, a few MiB held per open file.
+URL_BLOCK_BYTES = 8 * 2**20
 
 
 def is_audio_file(name: str) -> bool:
@@ -62,6 +67,30 @@ def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.nda
         audio = resample(audio, file_rate, sample_rate)
         file_rate = sample_rate
     return audio, file_rate
+
+
+@contextmanager
+def open_sound(path: str | Path) -> Iterator:
+    """An open `soundfile.SoundFile` for reading a local path or a URL (read through fsspec in
+    blocks of `URL_BLOCK_BYTES`, so a long file is never held whole), checked by
+    `check_not_truncated`. `AudioError` naming `path` when it is missing or cannot be decoded."""
+    import soundfile as sf
+
+    path = str(path)
+    with ExitStack() as stack:
+        source = path
+        if is_url(path):
+            fs, key = open_fs(path)
+            try:
+                source = stack.enter_context(fs.open(key, "rb", block_size=URL_BLOCK_BYTES))
+            except FileNotFoundError:
+                raise AudioError(f"{path}: audio file not found") from None
+        try:
+            handle = stack.enter_context(sf.SoundFile(source))
+        except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+            raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC") from None
+        check_not_truncated(handle, path)
+        yield handle
 
 
 def check_not_truncated(handle, path: str) -> None:

@@ -190,19 +190,12 @@ def separate_audio(
 
 
 def file_blocks(path: str, block_seconds: float) -> BlockSource:
-    """Blocks (n_channels, n) of a file at its own rate; `AudioError` naming it when it cannot be
-    decoded, is truncated (as `karaoke prepare` refuses it) or holds NaN or Inf."""
-    import soundfile as sf
-
-    from karaoke.audio import check_decoded_length, check_not_truncated
+    """Blocks (n_channels, n) of a file (a local path or URL) at its own rate; `AudioError` naming
+    it when it cannot be decoded, is truncated (as `karaoke prepare` refuses it) or holds NaN or Inf."""
+    from karaoke.audio import check_decoded_length, open_sound
 
     def blocks() -> Iterator[np.ndarray]:
-        try:
-            handle = sf.SoundFile(path)
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC") from None
-        with handle:
-            check_not_truncated(handle, path)
+        with open_sound(path) as handle:
             size, decoded = max(int(block_seconds * handle.samplerate), 1), 0
             while True:
                 data = handle.read(size, dtype="float32", always_2d=True)
@@ -240,19 +233,22 @@ def remove_folders(created: list[Path]) -> None:
             return
 
 
-def audio_info(path: Path):
-    """soundfile's header information of an audio file; `AudioError` naming it when it cannot be
+@dataclass(frozen=True)
+class AudioInfo:
+    """What an audio file's header says: its length in samples per channel, rate and channels."""
+
+    frames: int
+    samplerate: int
+    channels: int
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """The header of an audio file (a local path or URL); `AudioError` naming it when it cannot be
     decoded or its data is cut off."""
-    import soundfile as sf
+    from karaoke.audio import open_sound
 
-    from karaoke.audio import check_not_truncated
-
-    try:
-        with sf.SoundFile(str(path)) as handle:
-            check_not_truncated(handle, str(path))
-        return sf.info(str(path))
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(f"{path}: cannot decode audio ({exc}); re-export it as WAV or FLAC") from None
+    with open_sound(path) as handle:
+        return AudioInfo(handle.frames, handle.samplerate, handle.channels)
 
 
 def separate_file(
@@ -268,9 +264,9 @@ def separate_file(
     on_block: Callable[[int], None] | None = None,
     precision: str = "float32",
 ) -> Path:
-    """Separate one file of any format, rate, channel count and length into the folder `target`:
-    `vocals.<ext>` and `accompaniment.<ext>` at the input's rate, channel count and length
-    (`karaoke.audio.output_format` for `audio_format` and `bit_depth`). Memory is bounded by
+    """Separate one file (a local path or URL) of any format, rate, channel count and length into
+    the local folder `target`: `vocals.<ext>` and `accompaniment.<ext>` at the input's rate,
+    channel count and length (`karaoke.audio.output_format` for `audio_format` and `bit_depth`). Memory is bounded by
     `chunk_seconds`. Both files appear only when done; on failure nothing is left, not even the
     folders this call created. `on_block(n)` is called with each block's number of samples.
     `precision="bfloat16"` trades ~1e-2 of mask precision for speed (see `StreamingSoftMask`)."""
@@ -278,7 +274,7 @@ def separate_file(
 
     from karaoke.audio import output_format
 
-    path, target = Path(path), Path(target)
+    path, target = str(path), Path(target)
     fmt, subtype = output_format(audio_format, bit_depth)
     info = audio_info(path)
     names, ext = ("vocals", "accompaniment"), audio_format.lower()
@@ -292,9 +288,9 @@ def separate_file(
             except (sf.LibsndfileError, RuntimeError) as exc:
                 raise OutputError(f"{target / f'{n}.{ext}'}: cannot write {fmt} at {info.samplerate} Hz ({exc}); choose another --format") from None
         clip = subtype not in ("FLOAT", "DOUBLE")  # integer and lossy formats hold [-1, 1] only
-        blocks = file_blocks(str(path), chunk_seconds)
+        blocks = file_blocks(path, chunk_seconds)
         for vocals, accompaniment in separate_stream(
-            model, config, blocks, info.samplerate, mask, alpha, name=str(path), precision=precision
+            model, config, blocks, info.samplerate, mask, alpha, name=path, precision=precision
         ):
             for n, part in zip(names, (vocals, accompaniment)):
                 writers[n].write(np.clip(part.T, -1.0, 1.0) if clip else part.T)

@@ -135,12 +135,25 @@ class Separator:
         audio_format: str = "wav",
         bit_depth: str | None = None,
         on_block: Callable[[int], None] | None = None,
-    ) -> Path:
-        """Separate an audio file into the folder `target` (vocals.<ext>, accompaniment.<ext> at
-        the file's rate, channels and length; see `karaoke.separate.separate_file`)."""
-        from karaoke.separate import separate_file
+    ) -> str | Path:
+        """Separate an audio file (a local path or URL) into the folder `target` (a local path or
+        URL): vocals.<ext>, accompaniment.<ext> at the file's rate, channels and length (see
+        `karaoke.separate.separate_file`). For a URL they are written to a temporary folder, then
+        uploaded all or none (`karaoke.storage.upload_all_or_nothing`). Returns `target`."""
+        import tempfile
 
-        return separate_file(
-            path, target, self.model, self.config, self.mask, self.alpha, audio_format, bit_depth,
-            self.chunk_seconds, on_block, self.precision,
-        )
+        from karaoke.separate import separate_file
+        from karaoke.storage import is_url, upload_all_or_nothing
+
+        def separate_into(folder: Path) -> Path:
+            return separate_file(
+                path, folder, self.model, self.config, self.mask, self.alpha, audio_format, bit_depth,
+                self.chunk_seconds, on_block, self.precision,
+            )
+
+        if not is_url(target):
+            return separate_into(Path(target))
+        with tempfile.TemporaryDirectory(prefix="karaoke-") as folder:
+            separate_into(Path(folder))
+            upload_all_or_nothing(folder, target)
+        return target

@@ -14,7 +14,7 @@ import math
 import posixpath
 import tempfile
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -115,6 +115,21 @@ def upload_folder(local: str | Path, location: str | Path, last: str | None = No
     for file in files:
         target = posixpath.join(root, file.relative_to(local).as_posix())
         write_atomic(fs, target, lambda handle, file=file: handle.write(file.read_bytes()))
+
+
+def upload_all_or_nothing(local: str | Path, location: str | Path) -> None:
+    """`upload_folder`, all or none: when a file cannot be copied, those already copied are removed
+    and `OutputError` names `location` and the reason."""
+    from karaoke.errors import OutputError
+
+    try:
+        upload_folder(local, location)
+    except Exception as exc:  # noqa: BLE001 - any client's failure (connection, permission, bucket) is one line
+        fs, root = open_fs(location)
+        for file in (p for p in Path(local).rglob("*") if p.is_file()):
+            with suppress(Exception):  # best effort: the store itself may be what failed
+                fs.rm(posixpath.join(root, file.relative_to(local).as_posix()))
+        raise OutputError(f"{location}: cannot upload the separation ({type(exc).__name__}: {exc}); check the bucket and its credentials") from None
 
 
 def download_folder(location: str | Path, local: str | Path) -> Path:

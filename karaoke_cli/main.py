@@ -185,13 +185,14 @@ def tune_command(config_path: str, overrides: tuple[str, ...], dataset: str, out
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@verbose_option
+@click.argument("inputs", nargs=-1, required=True)
 @click.option(
     "-m", "--model", default=None, metavar="MODEL",
     help="A model name (see `karaoke models`; default: the shipped mir1k), a checkpoint or exported folder, "
     "a training run folder (its last epoch), or a URL (https://, http://, s3://) downloaded once into the cache.",
 )
-@click.option("-o", "--out", "out_dir", default="separated", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("-o", "--out", "out_dir", default="separated", show_default=True, type=click.Path(file_okay=False), help="Output folder or s3:// URL.")
 @click.option("-d", "--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Where the network runs (default: the GPU when there is one).")
 @click.option("--format", "audio_format", type=click.Choice(["wav", "flac", "mp3"]), default="wav", show_default=True, help="Output file format.")
 @click.option("--bit-depth", type=click.Choice(["16", "24", "32f"]), default=None, help="Output samples (default: 32f for wav, 24 for flac; none for mp3).")
@@ -205,12 +206,17 @@ def tune_command(config_path: str, overrides: tuple[str, ...], dataset: str, out
     show_default=True,
     help="Network arithmetic on CPU; bfloat16 is ~2x faster on AVX512-BF16 CPUs (GPUs always use it).",
 )
+@click.option(
+    "-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+    help="Songs separated at once, on Ray: each of N model replicas takes 1/N of the CPUs (one GPU each with -d cuda).",
+)
 def separate(
     inputs: tuple[str, ...], model: str | None, out_dir: str, device: str | None, audio_format: str,
-    bit_depth: str | None, mask: str | None, alpha: float | None, chunk_seconds: float, precision: str,
+    bit_depth: str | None, mask: str | None, alpha: float | None, chunk_seconds: float, precision: str, jobs: int,
 ) -> None:
-    """Separate audio files (or folders of them) into OUT/<model>/<track>/vocals.<ext> and
-    accompaniment.<ext>, at each input's sample rate, channel count and length.
+    """Separate audio files (or folders of them, local or s3:// prefixes) into
+    OUT/<model>/<track>/vocals.<ext> and accompaniment.<ext>, at each input's sample rate, channel
+    count and length.
 
     Exit status: 0 every file separated; 1 some files failed (each listed with the reason, the
     others written); 2 a usage, model or config error (one line naming the fix)."""
@@ -219,8 +225,11 @@ def separate(
     from karaoke_cli.separate import separate_files
 
     output_format(audio_format, bit_depth)
-    separator = Separator.from_pretrained(model, device, mask, alpha, precision, chunk_seconds)
-    sys.exit(separate_files(inputs, separator, out_dir, audio_format, bit_depth, progress=True))
+    options = {"name_or_path": model, "device": device, "mask": mask, "alpha": alpha, "precision": precision, "chunk_seconds": chunk_seconds}
+    # With -j the replicas hold the network; the driver's copy only checks the model and flags and
+    # names the output folder, so it stays on the CPU (the GPU check is against the Ray cluster).
+    separator = Separator.from_pretrained(**{**options, "device": device if jobs == 1 else "cpu"})
+    sys.exit(separate_files(inputs, separator, out_dir, audio_format, bit_depth, progress=True, jobs=jobs, options=options))
 
 
 @main.command()
