@@ -139,7 +139,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     checkpoint=ray.train.Checkpoint.from_directory(directory),
                     checkpoint_dir_name=epoch_folder(epoch),
                 )
-            prune_checkpoints(loop_config["run_dir"], retained_epochs(history, config.resources.dnn.keep_checkpoints))
+            if loop_config.get("run_dir"):  # a Tune trial's checkpoints are Tune's to keep (num_to_keep)
+                prune_checkpoints(loop_config["run_dir"], retained_epochs(history, config.resources.dnn.keep_checkpoints))
         else:
             ray.train.report(metrics)
 

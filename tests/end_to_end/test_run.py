@@ -133,7 +133,9 @@ def test_killed_driver_then_the_same_command_resumes_training(ray_session, synth
     Expected: the same command again resumes from that checkpoint, finishes every stage, and the
     checkpoints written before the kill are kept as they were."""
     config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(run_config(synth_root, train={"epochs": 12})))
+    # every epoch's checkpoint kept: the test checks those written before the kill are untouched
+    config = run_config(synth_root, train={"epochs": 12}, resources={"dnn": {"keep_checkpoints": 12}})
+    config_path.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "karaoke_cli", "run", "--config", str(config_path), "--out", str(run_dir)]
     env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, RAY_AUTH_MODE="token")
