@@ -44,7 +44,7 @@ def _style(method: str, index: int) -> tuple[str, str, str]:
 
 
 def _rows(summary: Sequence[dict], method: str, mask: str, low: float = -np.inf, high: float = np.inf) -> list[dict]:
-    rows = [r for r in summary if r["method"] == method and r.get("mask", "binary") == mask and low < r["alpha"] < high]
+    rows = [r for r in summary if r["method"] == method and r["mask"] == mask and low < r["alpha"] < high]
     return sorted(rows, key=lambda r: r["alpha"])
 
 
@@ -83,7 +83,7 @@ def figure_alpha_curves(summary: Sequence[dict]):
     """Figure 2: 3 x 3 panels, rows a/b/c (mean, vocals, accompaniment), columns SDR/SIR/SAR."""
     from matplotlib.figure import Figure
 
-    alphas = sorted({r["alpha"] for r in summary if r.get("mask", "binary") == "binary"})
+    alphas = sorted({r["alpha"] for r in summary if r["mask"] == "binary"})
     swept = len(alphas) > 1
     fig = Figure(figsize=(13, 10), dpi=DPI, layout="constrained")
     axes = fig.subplots(3, 3, sharex=True)

@@ -167,8 +167,7 @@ def summarise(
     """
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        # A row without `mask` is a binary-mask (Eq. 2) row.
-        groups.setdefault(tuple(row.get(key, "binary") if key == "mask" else row[key] for key in by), []).append(row)
+        groups.setdefault(tuple(row[key] for key in by), []).append(row)
     out = []
     for key in sorted(groups):
         members = groups[key]

@@ -185,10 +185,12 @@ def print_results(results: dict) -> None:
             print(f"{method if k == 0 else '':<8}{_ROW_LABELS[label]:>8}{row['alpha']:>7.2f}{text}")
     print(f"(binary*: Eq. 2 at the alpha chosen on the {results['alpha_chosen_on']} split)")
     print("\nThe paper's Figure 3: DNN SAR - NMF SAR at equal SIR, binary masks over 0.1 < alpha < 0.9")
-    paper = {"mean": "paper ~3 dB", "vocals": "paper ~5 dB", "accompaniment": ""}
+    from karaoke.figures import PAPER_SAR_GAP
+
     for panel, gap in results.get("sar_gap_at_equal_sir", {}).items():
         value = f"{gap:+.2f} dB" if gap is not None else "n/a (no overlapping SIR range)"
-        print(f"  {panel:<14}{value:>10}  {paper[panel]}")
+        paper = f"paper {PAPER_SAR_GAP[panel]}" if panel in PAPER_SAR_GAP else ""
+        print(f"  {panel:<14}{value:>10}  {paper}")
     mean = results.get("sar_gap_at_equal_sir", {}).get("mean")
     if mean is not None:
         verdict = "reproduces" if mean > 0 else "does not reproduce"

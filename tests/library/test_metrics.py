@@ -105,7 +105,7 @@ def test_confidence_interval_is_a_t_interval_with_the_stated_coverage():
 
 
 def _row(method, song_id, alpha, seconds, base):
-    row = {"method": method, "song_id": song_id, "alpha": alpha, "seconds": seconds}
+    row = {"method": method, "mask": "binary", "song_id": song_id, "alpha": alpha, "seconds": seconds}
     for k, column in enumerate(SCORE_COLUMNS):
         row[column] = base + k
     row["vocals_sdr_mixture"] = base - 5
