@@ -109,6 +109,13 @@ class DnnConfig:
     # Beyond the paper (0 = off): dropout on the hidden units while training, against overfitting the
     # few singers of a small training set.
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # Beyond the paper ("dense"): "conv" adds a convolutional branch beside the dense layers, its
+    # logits added to theirs (karaoke/models/conv.py). Its filters slide along frequency with the
+    # window's frames as channels, so a pattern learnt at one pitch is recognised at another: the
+    # dense layers alone see each bin as a separate input, which fits the few training singers' ranges.
+    architecture: Literal["dense", "conv"] = "dense"
+    conv_channels: PositiveInt = 32
+    conv_layers: PositiveInt = 6
 
 
 @dataclass(frozen=True, config=_STRICT)

@@ -4,7 +4,9 @@ A window of T consecutive mixture-magnitude frames (n_bins, T), unpacked bin-maj
 n_inputs = n_bins * T values, goes through hidden layers h = sigmoid(W x + c - b) with the fixed
 offset b = `dnn.bias_offset` (6 in the paper) on top of the learned per-unit biases c, and an output
 layer y = sigmoid(W h + c) of n_inputs values: the predicted ideal binary mask of the window.
-`dnn.log_input_gain` > 0 (beyond the paper) log-compresses the input first.
+`dnn.log_input_gain` > 0 (beyond the paper) log-compresses the input first, and
+`dnn.architecture: conv` (beyond the paper) adds the logits of a convolutional branch over the same
+compressed window (karaoke/models/conv.py).
 
 `train_epoch` and `evaluate` take any iterable of batches (dicts with "mixture" and "ibm", each
 (batch, n_bins, T)), so a Ray Train worker and a unit test run the same code.
@@ -23,6 +25,7 @@ from torch import nn
 from karaoke.checkpoint import CARD, load_checkpoint, save_checkpoint
 from karaoke.config import CHECKPOINT_SECTIONS, ExperimentConfig, TrainConfig
 from karaoke.errors import CheckpointError, KaraokeError
+from karaoke.models.conv import ConvBranch
 
 KIND = "dnn"
 # The config sections that define the network's shape: a checkpoint fits only a config equal in these.
@@ -60,6 +63,7 @@ class MaskDNN(nn.Module):
         bias_offset: float,
         log_input_gain: float = 0.0,
         dropout: float = 0.0,
+        conv: ConvBranch | None = None,
     ) -> None:
         super().__init__()
         self.n_bins, self.n_frames = n_bins, n_frames
@@ -75,6 +79,7 @@ class MaskDNN(nn.Module):
         # Output layer: plain sigmoid (offset 0), one probability per input value.
         layers += [nn.Linear(width, n_inputs), nn.Sigmoid()]
         self.net = nn.Sequential(*layers)
+        self.conv = conv
 
     def logits(self, windows: torch.Tensor) -> torch.Tensor:
         """Pre-sigmoid output (batch, n_bins, T); the BCE loss uses it for numerical stability."""
@@ -83,8 +88,10 @@ class MaskDNN(nn.Module):
         if self.log_input_gain > 0:
             # compress: log1p(g x) / log1p(g) maps [0, 1] onto [0, 1] (`dnn.log_input_gain`)
             x = torch.log1p(x.clamp_min(0) * self.log_input_gain) / math.log1p(self.log_input_gain)
-        x = self.net[:-1](x)
-        return x.reshape(-1, self.n_bins, self.n_frames)
+        logits = self.net[:-1](x).reshape(-1, self.n_bins, self.n_frames)
+        if self.conv is not None:
+            logits = logits + self.conv(x.reshape(-1, self.n_bins, self.n_frames))
+        return logits
 
     def forward(self, windows: torch.Tensor, return_logits: bool = False) -> torch.Tensor:
         """Probabilities (batch, n_bins, T), or with `return_logits` their pre-sigmoid values. Losses
@@ -95,14 +102,18 @@ class MaskDNN(nn.Module):
 
 
 def build_model(config: ExperimentConfig) -> MaskDNN:
-    """The network of a config: n_inputs -> `config.hidden_sizes` -> n_inputs."""
+    """The network of a config: n_inputs -> `config.hidden_sizes` -> n_inputs, plus the convolutional
+    branch when `dnn.architecture` is "conv"."""
+    dnn = config.dnn
+    conv = ConvBranch(config.windows.n_frames, dnn.conv_channels, dnn.conv_layers) if dnn.architecture == "conv" else None
     return MaskDNN(
         config.stft.n_bins,
         config.windows.n_frames,
         config.hidden_sizes,
-        config.dnn.bias_offset,
-        config.dnn.log_input_gain,
-        config.dnn.dropout,
+        dnn.bias_offset,
+        dnn.log_input_gain,
+        dnn.dropout,
+        conv,
     )
 
 
