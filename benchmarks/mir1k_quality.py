@@ -66,17 +66,21 @@ def load_songs(config: ExperimentConfig, split: str, every: int = 1, limit: int 
 
 
 def training_arrays(songs: list[MixedSong], config: ExperimentConfig) -> dict[str, np.ndarray]:
-    """Training windows of all songs: mixture float16 and ibm uint8, each (n_windows, n_bins, T)."""
+    """Training windows of all songs: the loss's columns (mixture, and vocals and accompaniment when it
+    needs them, float16; ibm uint8), each (n_windows, n_bins, T)."""
     from karaoke.features import remix_partners, song_features, song_training_rows
 
+    from karaoke.models.dnn import training_columns
+
+    columns = training_columns(config.train)
     by_id = {song.song_id: song for song in songs}
     parts = []
     for song in songs:
         partners = [by_id[i] for i in remix_partners(song.song_id, list(by_id), config)]
         rows = song_training_rows(song, song_features(song, config), config, partners)
         # narrow each song's windows at once: float32 windows of all songs would need 4x the memory
-        parts.append({"mixture": rows["mixture"].astype(np.float16), "ibm": rows["ibm"].astype(np.uint8)})
-    return {key: np.concatenate([p[key] for p in parts]) for key in ("mixture", "ibm")}
+        parts.append({key: rows[key].astype(np.uint8 if key == "ibm" else np.float16) for key in columns})
+    return {key: np.concatenate([p[key] for p in parts]) for key in columns}
 
 
 def train_dnn(config: ExperimentConfig, rows: dict[str, np.ndarray], log=print, after_epoch=None) -> tuple[torch.nn.Module, float]:

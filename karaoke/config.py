@@ -122,7 +122,11 @@ class DnnConfig:
 class TrainConfig:
     """The authors' recipe: squared error, SGD lr 0.1, momentum 0.5, batch 100, 100 epochs."""
 
-    loss: Literal["mse", "bce"] = "mse"
+    loss: Literal["mse", "bce", "discriminative"] = "mse"
+    # Beyond the paper ("ibm"): "ratio" trains mse or bce towards |V| / (|V| + |A|) instead of the IBM.
+    target: Literal["ibm", "ratio"] = "ibm"
+    # The weight of the other source's error in `loss: discriminative` (Huang et al. 2014 use 0.05).
+    discriminative_weight: Annotated[float, Field(ge=0, lt=0.5)] = 0.05
     # Beyond the paper (0 = off): each bin's loss weighted by its mixture magnitude to this power
     # (weights normalised to mean 1 in a batch). SDR counts a mask error in proportion to the bin's
     # energy, while an unweighted loss spends the network on the many near-silent bins.

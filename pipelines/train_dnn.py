@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import ray.data
 
+    from karaoke.config import TrainConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -145,8 +147,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics)
 
 
-def shuffled_train_windows(dataset: str, seed: int) -> ray.data.Dataset:
-    """The train split's `mixture` and `ibm` windows in one random order across songs, materialised.
+def shuffled_train_windows(dataset: str, train_cfg: TrainConfig) -> ray.data.Dataset:
+    """The train split's windows (the columns `train_cfg`'s loss needs) in one random order across
+    songs (seeded by `train.seed`), materialised.
 
     The shards hold each song's windows together, and the per-epoch local shuffle buffer (4 batches)
     only reorders neighbours: without this shuffle every batch came from one or two songs and Adam
@@ -156,7 +159,10 @@ def shuffled_train_windows(dataset: str, seed: int) -> ray.data.Dataset:
     """
     from pipelines.ray_runtime import read_windows_dataset
 
-    return read_windows_dataset(dataset, "train").select_columns(["mixture", "ibm"]).random_shuffle(seed=seed).materialize()
+    from karaoke.models.dnn import training_columns
+
+    columns = training_columns(train_cfg)
+    return read_windows_dataset(dataset, "train").select_columns(columns).random_shuffle(seed=train_cfg.seed).materialize()
 
 
 def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> TrainResult:
@@ -172,7 +178,7 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
     from karaoke.config import config_to_dict, save_config
     from karaoke.dataset import DatasetError, check_dataset_fits
     from karaoke.errors import CheckpointError
-    from karaoke.models.dnn import TrainingError
+    from karaoke.models.dnn import TrainingError, training_columns
     from karaoke.storage import is_url, join
     from pipelines.follow import dnn_steps, epoch_line, follow_training
     from pipelines.ray_runtime import (
@@ -200,9 +206,9 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
     save_config(config, join(run_dir, "config.yaml"))
 
     forget_train_record(run_dir)
-    datasets = {"train": shuffled_train_windows(dataset, config.train.seed)}
+    datasets = {"train": shuffled_train_windows(dataset, config.train)}
     try:
-        datasets["valid"] = read_windows_dataset(dataset, "valid").select_columns(["mixture", "ibm"]).materialize()
+        datasets["valid"] = read_windows_dataset(dataset, "valid").select_columns(training_columns(config.train)).materialize()
     except DatasetError:
         log.warning("%s has no validation windows; reporting training metrics only", dataset)
     trainer = make_trainer(

@@ -133,6 +133,7 @@ def require_state_api() -> None:
 def _trial_datasets(config: ExperimentConfig, dataset: str) -> dict:
     """The windows the trials train on, read and materialised once for all of them."""
     from pipelines.ray_runtime import read_windows_dataset
+    from karaoke.models.dnn import training_columns
     from pipelines.train_dnn import shuffled_train_windows
     from pipelines.train_nmf import COLUMNS
 
@@ -140,8 +141,8 @@ def _trial_datasets(config: ExperimentConfig, dataset: str) -> dict:
         return {"train": read_windows_dataset(dataset, "train").select_columns(COLUMNS).materialize()}
     # The shards hold each song's windows together: shuffled once across songs, as `karaoke train dnn` does.
     return {
-        "train": shuffled_train_windows(dataset, config.train.seed),
-        "valid": read_windows_dataset(dataset, "valid").select_columns(["mixture", "ibm"]).materialize(),
+        "train": shuffled_train_windows(dataset, config.train),
+        "valid": read_windows_dataset(dataset, "valid").select_columns(training_columns(config.train)).materialize(),
     }
 
 

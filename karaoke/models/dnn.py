@@ -117,13 +117,31 @@ def build_model(config: ExperimentConfig) -> MaskDNN:
     )
 
 
-def make_loss(train_cfg: TrainConfig) -> Callable[[MaskDNN, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """loss(model, mixture, ibm) -> (mean loss over bins, probabilities); "mse" is the authors' squared
-    error on the sigmoid output, "bce" the binary cross-entropy (computed from logits).
+Sources = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[MaskDNN, torch.Tensor, torch.Tensor, "Sources | None"], tuple[torch.Tensor, torch.Tensor]]
+
+
+def training_columns(train_cfg: TrainConfig) -> list[str]:
+    """The window columns a training batch needs: the mixture and its IBM, and the unit-scale source
+    magnitudes when the loss or the target is computed from them."""
+    uses_sources = train_cfg.loss == "discriminative" or train_cfg.target == "ratio"
+    return ["mixture", "ibm"] + (["vocals", "accompaniment"] if uses_sources else [])
+
+
+def make_loss(train_cfg: TrainConfig) -> LossFn:
+    """loss(model, mixture, ibm, sources) -> (mean loss over bins, probabilities), every tensor
+    (batch, n_bins, T) and `sources` the unit-scale (|V|, |A|) or None.
+
+    "mse" is the authors' squared error on the sigmoid output and "bce" the binary cross-entropy
+    (computed from logits), both against the IBM, or with `train.target: ratio` against the ratio mask
+    |V| / (|V| + |A|). "discriminative" (Huang et al. 2014, Eq. 7) is the squared error of the masked
+    mixtures p|X| and (1 - p)|X| against |V| and |A|, minus `train.discriminative_weight` times their
+    errors against the other source; the sigmoid output is already the two-source joint mask
+    (p, 1 - p) of Huang et al.'s Eq. 4 (a softmax over two logits).
 
     With `train.bin_weight_power` q > 0 the mean is weighted: w = |X|^q / mean(|X|^q) over the batch,
     |X| the unit-scale mixture magnitude of each bin (q = 2 weighs errors as SDR does, by energy)."""
-    power = train_cfg.bin_weight_power
+    power, gamma = train_cfg.bin_weight_power, train_cfg.discriminative_weight
 
     def weighted_mean(per_bin: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
         if power == 0:
@@ -131,16 +149,38 @@ def make_loss(train_cfg: TrainConfig) -> Callable[[MaskDNN, torch.Tensor, torch.
         weight = mixture.float().clamp_min(0).pow(power)
         return (per_bin * weight).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
 
-    def mse(model: MaskDNN, mixture: torch.Tensor, ibm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        prob = torch.sigmoid(model(mixture, return_logits=True).float())
-        return weighted_mean((prob - ibm) ** 2, mixture), prob
+    def target(ibm: torch.Tensor, sources: Sources | None) -> torch.Tensor:
+        if train_cfg.target == "ibm":
+            return ibm
+        vocals, accompaniment = _require(sources)
+        total = vocals + accompaniment
+        # A silent bin (both sources 0) has no ratio: its IBM (0, accompaniment) stands in.
+        return torch.where(total > 0, vocals / total.clamp_min(torch.finfo(total.dtype).tiny), ibm)
 
-    def bce(model: MaskDNN, mixture: torch.Tensor, ibm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def mse(model: MaskDNN, mixture: torch.Tensor, ibm: torch.Tensor, sources: Sources | None = None):
+        prob = torch.sigmoid(model(mixture, return_logits=True).float())
+        return weighted_mean((prob - target(ibm, sources)) ** 2, mixture), prob
+
+    def bce(model: MaskDNN, mixture: torch.Tensor, ibm: torch.Tensor, sources: Sources | None = None):
         logits = model(mixture, return_logits=True).float()
-        per_bin = nn.functional.binary_cross_entropy_with_logits(logits, ibm, reduction="none")
+        per_bin = nn.functional.binary_cross_entropy_with_logits(logits, target(ibm, sources), reduction="none")
         return weighted_mean(per_bin, mixture), torch.sigmoid(logits)
 
-    return {"mse": mse, "bce": bce}[train_cfg.loss]
+    def discriminative(model: MaskDNN, mixture: torch.Tensor, ibm: torch.Tensor, sources: Sources | None = None):
+        vocals, accompaniment = _require(sources)
+        prob = torch.sigmoid(model(mixture, return_logits=True).float())
+        est_vocals, est_accompaniment = prob * mixture, (1 - prob) * mixture
+        own = (est_vocals - vocals) ** 2 + (est_accompaniment - accompaniment) ** 2
+        other = (est_vocals - accompaniment) ** 2 + (est_accompaniment - vocals) ** 2
+        return weighted_mean(own - gamma * other, mixture), prob
+
+    return {"mse": mse, "bce": bce, "discriminative": discriminative}[train_cfg.loss]
+
+
+def _require(sources: Sources | None) -> Sources:
+    if sources is None:
+        raise ValueError("this loss needs the source magnitudes: batches must hold vocals and accompaniment")
+    return sources
 
 
 def schedule_learning_rate(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, epoch: int) -> float:
@@ -189,10 +229,13 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    mixture = torch.as_tensor(batch["mixture"]).to(device, non_blocking=True).float()
-    ibm = torch.as_tensor(batch["ibm"]).to(device, non_blocking=True).float()
-    return mixture, ibm
+def _to_device(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Sources | None]:
+    """(mixture, ibm, (vocals, accompaniment) or None when the batch does not hold them), as float."""
+    def tensor(name: str) -> torch.Tensor:
+        return torch.as_tensor(batch[name]).to(device, non_blocking=True).float()
+
+    sources = (tensor("vocals"), tensor("accompaniment")) if "vocals" in batch else None
+    return tensor("mixture"), tensor("ibm"), sources
 
 
 @dataclass(frozen=True)
@@ -218,9 +261,9 @@ def train_epoch(
     total_loss = total_correct = 0.0
     n_windows = n_bins = 0
     for step, batch in enumerate(batches):
-        mixture, ibm = _to_device(batch, device)
+        mixture, ibm, sources = _to_device(batch, device)
         with _autocast(device):
-            loss, prob = loss_fn(model, mixture, ibm)
+            loss, prob = loss_fn(model, mixture, ibm, sources)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"loss became {loss.item()} at batch {step}; lower train.learning_rate or use train.loss=bce"
@@ -244,9 +287,9 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: Callable, devi
     total_loss = total_correct = 0.0
     n_windows = n_bins = 0
     for batch in batches:
-        mixture, ibm = _to_device(batch, device)
+        mixture, ibm, sources = _to_device(batch, device)
         with _autocast(device):
-            loss, prob = loss_fn(model, mixture, ibm)
+            loss, prob = loss_fn(model, mixture, ibm, sources)
         n = mixture.shape[0]
         total_loss += loss.item() * n
         total_correct += ((prob > 0.5) == (ibm > 0.5)).sum().item()

@@ -21,7 +21,7 @@ def test_train_windows_are_shuffled_across_songs_and_none_is_lost(ray_session, s
     assert len(songs) >= 3  # the 4 training songs of the synthetic corpus, ~74 windows each
 
     song_of = {window.tobytes(): song for window, song in zip(stored["mixture"], stored["song_id"])}
-    rows = list(shuffled_train_windows(dataset, seed=0).iter_rows())
+    rows = list(shuffled_train_windows(dataset, config.train).iter_rows())
     order = [song_of[np.asarray(row["mixture"], dtype=np.float16).tobytes()] for row in rows]
 
     # The same windows, each once, with their IBMs.
