@@ -25,6 +25,7 @@ from karaoke.models.dnn import (
     save_dnn,
     schedule_learning_rate,
     train_epoch,
+    training_columns,
 )
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -143,6 +144,67 @@ def test_bin_weights_follow_the_mixture_magnitude(loss):
     make_loss(_train_config(loss=loss, bin_weight_power=1.0))(model, mixture, ibm)[0].backward()
     assert model.value.grad[0, 0, 0].item() == 0.0
     assert model.value.grad[0, 1, 0].item() != 0.0
+
+
+def test_ratio_target_and_the_discriminative_loss_read_the_sources():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 5, 3, generator=generator)
+    vocals, accompaniment = torch.rand(2, 5, 3, generator=generator), torch.rand(2, 5, 3, generator=generator)
+    vocals[0, 0, 0] = accompaniment[0, 0, 0] = 0.0  # a silent bin: no ratio, the IBM stands in
+    mixture, ibm = vocals + accompaniment, (vocals > accompaniment).float()
+    sources = (vocals, accompaniment)
+    prob = torch.sigmoid(logits)
+
+    ratio = torch.where(mixture > 0, vocals / mixture.clamp_min(1e-30), ibm)
+    assert ratio[0, 0, 0].item() == 0.0
+    loss = make_loss(_train_config(loss="bce", target="ratio"))(_FixedLogits(logits), mixture, ibm, sources)[0]
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, ratio)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert training_columns(_train_config(loss="bce", target="ratio")) == ["mixture", "ibm", "vocals", "accompaniment"]
+    assert training_columns(_train_config(loss="bce")) == ["mixture", "ibm"]
+
+    # Huang et al.'s objective: each masked mixture against its own source, minus gamma times the other.
+    gamma = 0.1
+    loss = make_loss(_train_config(loss="discriminative", discriminative_weight=gamma))(_FixedLogits(logits), mixture, ibm, sources)[0]
+    v_hat, a_hat = prob * mixture, (1 - prob) * mixture
+    own = (v_hat - vocals) ** 2 + (a_hat - accompaniment) ** 2
+    other = (v_hat - accompaniment) ** 2 + (a_hat - vocals) ** 2
+    assert loss.item() == pytest.approx((own - gamma * other).mean().item(), rel=1e-6)
+    # Its minimum over p is the ratio mask when the sources add up to the mixture: a network that
+    # outputs the ratio has a smaller loss than one that outputs the IBM.
+    at_ratio = make_loss(_train_config(loss="discriminative"))(_FixedLogits(torch.logit(ratio.clamp(1e-4, 1 - 1e-4))), mixture, ibm, sources)[0]
+    at_ibm = make_loss(_train_config(loss="discriminative"))(_FixedLogits(torch.logit(ibm.clamp(1e-4, 1 - 1e-4))), mixture, ibm, sources)[0]
+    assert at_ratio < at_ibm
+    with pytest.raises(ValueError, match="source magnitudes"):
+        make_loss(_train_config(loss="discriminative"))(_FixedLogits(logits), mixture, ibm)
+
+
+def test_convolutional_branch_starts_as_the_dense_network_and_shares_filters_across_bins(small_config):
+    from dataclasses import replace
+
+    conv_config = replace(small_config, dnn=replace(small_config.dnn, architecture="conv", conv_channels=4, conv_layers=3))
+    dense, model = build_model(small_config), build_model(conv_config)
+    model.net.load_state_dict(dense.net.state_dict())
+    windows = torch.rand(3, 257, 20)
+    # zero-initialised head: the branch adds nothing until it is trained
+    assert torch.equal(model(windows), dense(windows))
+    n_branch = sum(p.numel() for p in model.conv.parameters())
+    assert n_branch == (20 * 4 * 5 + 4) + 3 * (4 * 4 * 3 + 4) + (4 * 20 + 20)
+
+    # After training steps the branch is in use, and its output moves with the input along frequency:
+    # a pattern shifted by k bins gives the branch's logits shifted by k bins (away from the edges).
+    optimizer = torch.optim.Adam(model.conv.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(windows, return_logits=True).pow(2).mean().backward()
+        optimizer.step()
+    assert not torch.equal(model(windows), dense(windows))
+    pattern = torch.zeros(1, 257, 20)
+    pattern[0, 100:110] = torch.rand(10, 20)
+    shifted = torch.roll(pattern, 30, dims=1)
+    with torch.no_grad():
+        logits, logits_shifted = model.conv(pattern), model.conv(shifted)
+    assert torch.allclose(torch.roll(logits, 30, dims=1)[0, 60:200], logits_shifted[0, 60:200], atol=1e-5)
 
 
 def test_cosine_schedule_decays_from_the_learning_rate_and_depends_on_the_epoch_alone(small_config):
