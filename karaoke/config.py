@@ -125,6 +125,10 @@ class TrainConfig:
     loss: Literal["mse", "bce", "discriminative"] = "mse"
     # Beyond the paper ("ibm"): "ratio" trains mse or bce towards |V| / (|V| + |A|) instead of the IBM.
     target: Literal["ibm", "ratio"] = "ibm"
+    # "mean": the loss is averaged over a window's n_bins * T outputs; "sum" adds them, as the
+    # squared error E = sum_i (y_i - t_i)^2 of classic backpropagation does: at a given learning
+    # rate its steps are n_bins * T times larger (20500 at the paper's size).
+    reduction: Literal["mean", "sum"] = "mean"
     # The weight of the other source's error in `loss: discriminative` (Huang et al. 2014 use 0.05).
     discriminative_weight: Annotated[float, Field(ge=0, lt=0.5)] = 0.05
     # Beyond the paper (0 = off): each bin's loss weighted by its mixture magnitude to this power

@@ -140,14 +140,18 @@ def make_loss(train_cfg: TrainConfig) -> LossFn:
     (p, 1 - p) of Huang et al.'s Eq. 4 (a softmax over two logits).
 
     With `train.bin_weight_power` q > 0 the mean is weighted: w = |X|^q / mean(|X|^q) over the batch,
-    |X| the unit-scale mixture magnitude of each bin (q = 2 weighs errors as SDR does, by energy)."""
+    |X| the unit-scale mixture magnitude of each bin (q = 2 weighs errors as SDR does, by energy).
+    With `train.reduction: sum` each window's errors are summed instead of averaged."""
     power, gamma = train_cfg.bin_weight_power, train_cfg.discriminative_weight
 
     def weighted_mean(per_bin: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+        # `train.reduction: sum` adds the errors of a window's n_bins * T outputs (then averages
+        # over the batch's windows): the mean times the window's size.
+        size = per_bin[0].numel() if train_cfg.reduction == "sum" else 1
         if power == 0:
-            return per_bin.mean()
+            return per_bin.mean() * size
         weight = mixture.float().clamp_min(0).pow(power)
-        return (per_bin * weight).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
+        return (per_bin * weight).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny) * size
 
     def target(ibm: torch.Tensor, sources: Sources | None) -> torch.Tensor:
         if train_cfg.target == "ibm":
