@@ -103,6 +103,10 @@ class DnnConfig:
     hidden_sizes: tuple[PositiveInt, ...] = ()
     n_hidden_layers: PositiveInt = 1
     bias_offset: float = 6.0
+    # The learned per-unit hidden biases' starting value (PyTorch's default initialisation when 0).
+    # `bias_offset` here starts each unit at sigmoid(0) = 0.5 instead of sigmoid(-offset), where its
+    # gradient is 1 / 400 of that at 0.5 and training stalls.
+    hidden_bias_init: float = 0.0
     # Beyond the paper: 0 feeds the unit-scale magnitudes x as they are (the paper); g > 0 feeds
     # log1p(g x) / log1p(g), still in [0, 1] but with quiet bins no longer crushed towards 0.
     log_input_gain: Annotated[float, Field(ge=0)] = 0.0

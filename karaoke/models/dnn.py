@@ -64,6 +64,7 @@ class MaskDNN(nn.Module):
         log_input_gain: float = 0.0,
         dropout: float = 0.0,
         conv: ConvBranch | None = None,
+        hidden_bias_init: float = 0.0,
     ) -> None:
         super().__init__()
         self.n_bins, self.n_frames = n_bins, n_frames
@@ -73,6 +74,8 @@ class MaskDNN(nn.Module):
         width = n_inputs
         for size in hidden_sizes:
             layers += [nn.Linear(width, size), BiasedSigmoid(bias_offset)]
+            if hidden_bias_init:
+                nn.init.constant_(layers[-2].bias, hidden_bias_init)
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = size
@@ -114,6 +117,7 @@ def build_model(config: ExperimentConfig) -> MaskDNN:
         dnn.log_input_gain,
         dnn.dropout,
         conv,
+        dnn.hidden_bias_init,
     )
 
 
