@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU wheel of torch: an unpinned torch pulls several GB of CUDA packages.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast peer clean
 
 $(BIN)/karaoke: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest tests
+
+# Open-Unmix for benchmarks/openunmix_peer.py, without its dependencies: its torchaudio has no wheel
+# for the pinned torch, and the peer uses only its model class.
+peer: install
+	$(BIN)/pip install --quiet --no-deps openunmix==1.3.0
 
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not slow"

@@ -1,7 +1,7 @@
 """A peer beside karaoke's DNN: Open-Unmix's network, trained by its own recipe on the same MIR-1K
 training clips for the same CPU time, scored by the same code on the same validation clips.
 
-    pip install --no-deps openunmix==1.3.0       # the `peer` extra's note says why --no-deps
+    make peer      # pip install --no-deps openunmix==1.3.0: its torchaudio has no wheel for the pinned torch
     python benchmarks/mir1k_quality.py --config C --threads 2 --json karaoke.json    # karaoke's row
     python benchmarks/openunmix_peer.py --config C --threads 2 --karaoke karaoke.json [--json peer.json]
 
