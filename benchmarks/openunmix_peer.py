@@ -2,8 +2,8 @@
 training clips for the same CPU time, scored by the same code on the same validation clips.
 
     make peer      # pip install --no-deps openunmix==1.3.0: its torchaudio has no wheel for the pinned torch
-    python benchmarks/mir1k_quality.py --config C --threads 2 --json karaoke.json    # karaoke's row
-    python benchmarks/openunmix_peer.py --config C --threads 2 --karaoke karaoke.json [--json peer.json]
+    karaoke run --config configs/mir1k.yaml --out runs/mir1k          # karaoke's row, on 2 cores
+    python benchmarks/openunmix_peer.py --threads 2 --karaoke runs/mir1k [--json peer.json]
 
 The model is `openunmix.model.OpenUnmix` (3 bidirectional LSTM layers of 512 units between dense
 layers with batch norm, no pretrained weights) for one channel and this config's STFT, so both
@@ -36,11 +36,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mir1k_quality import format_row, load_songs, score_method, summary  # noqa: E402 (the benchmarks folder)
+from mir1k_quality import format_row, load_songs, score_method, summary
 
-from karaoke.config import ExperimentConfig, load_config  # noqa: E402
-from karaoke.features import SongFeatures  # noqa: E402
-from karaoke.mixing import MixedSong  # noqa: E402
+from karaoke.config import ExperimentConfig, load_config
+from karaoke.features import SongFeatures
+from karaoke.mixing import MixedSong
 
 EXCERPT_SECONDS, BATCH, GAIN_RANGE = 4.0, 16, (0.25, 1.25)
 
@@ -128,11 +128,25 @@ class PeerEstimator:
         return (estimate / mixture.clamp_min(1e-12)).clamp(0, 1).numpy()
 
 
+def karaoke_row(location: str) -> dict:
+    """karaoke's result to print beside the peer's: a `karaoke run` folder (its DNN row with the
+    config's mask from results.json, and the dnn stage's seconds) or a `mir1k_quality.py --json` file."""
+    path = Path(location)
+    if not path.is_dir():
+        return json.loads(path.read_text())
+    methods = json.loads((path / "results.json").read_text())["methods"]["dnn"]
+    row = methods.get("soft") or methods["alpha"]
+    seconds = json.loads((path / "stages" / "dnn.json").read_text())["seconds"]
+    return {"name": f"karaoke run {path.name}", "valid_clips": row["n_songs"],
+            "dnn": {"0.5": row, "best": row, "mask": row["mask"], "train_seconds": seconds}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/mir1k.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
-    parser.add_argument("--karaoke", default=None, metavar="JSON", help="a mir1k_quality.py --json result: its row and training time")
+    parser.add_argument("--karaoke", default=None, metavar="RUN_OR_JSON",
+                        help="a karaoke run folder or a mir1k_quality.py --json result: its row and training time")
     parser.add_argument("--seconds", type=float, default=None, help="training budget (default: the --karaoke row's)")
     parser.add_argument("--valid-every", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
@@ -141,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)
-    karaoke = json.loads(Path(args.karaoke).read_text()) if args.karaoke else None
+    karaoke = karaoke_row(args.karaoke) if args.karaoke else None
     seconds = args.seconds or (karaoke["dnn"]["train_seconds"] if karaoke else None)
     if not seconds:
         sys.exit("give --seconds, or --karaoke with a result that has a DNN's training time")
@@ -158,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
                "openunmix": {**summary(rows), "mask": "soft", "train_seconds": seconds, "rows": rows}}
     print("| method | alpha | vocal GNSDR / GSIR / GSAR | accomp. GNSDR / GSIR / GSAR | best alpha | vocal | accomp. | train |")
     if karaoke:
-        print(format_row(f"karaoke {karaoke['name']} ({karaoke['dnn']['mask']})", karaoke["dnn"], karaoke["dnn"]["train_seconds"]))
+        print(format_row(f"{karaoke['name']} ({karaoke['dnn']['mask']})", karaoke["dnn"], karaoke["dnn"]["train_seconds"]))
     print(format_row(f"Open-Unmix, {steps} steps (soft)", results["openunmix"], seconds))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

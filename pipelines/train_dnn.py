@@ -157,9 +157,8 @@ def shuffled_train_windows(dataset: str, train_cfg: TrainConfig) -> ray.data.Dat
     once, then materialised (float16, spilled to disk by Ray when large): every epoch streams from
     the object store instead of re-reading the Parquet shards, in an order the local buffer varies.
     """
-    from pipelines.ray_runtime import read_windows_dataset
-
     from karaoke.models.dnn import training_columns
+    from pipelines.ray_runtime import read_windows_dataset
 
     columns = training_columns(train_cfg)
     return read_windows_dataset(dataset, "train").select_columns(columns).random_shuffle(seed=train_cfg.seed).materialize()

@@ -132,8 +132,8 @@ def require_state_api() -> None:
 
 def _trial_datasets(config: ExperimentConfig, dataset: str) -> dict:
     """The windows the trials train on, read and materialised once for all of them."""
-    from pipelines.ray_runtime import read_windows_dataset
     from karaoke.models.dnn import training_columns
+    from pipelines.ray_runtime import read_windows_dataset
     from pipelines.train_dnn import shuffled_train_windows
     from pipelines.train_nmf import COLUMNS
 
