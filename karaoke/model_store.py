@@ -167,8 +167,10 @@ def export_model(source: str | Path, name: str, out_dir: str | Path = ".", descr
     if corpus.layout == "mir1k":
         training = f"MIR-1K (Hsu & Jang 2010, research use), singers {', '.join(corpus.train_singers)}, at {corpus.sample_rate} Hz"
     hidden = " -> ".join(str(h) for h in config.hidden_sizes)
+    dnn = config.dnn
+    branch = f" with a {dnn.conv_layers}-layer, {dnn.conv_channels}-channel convolutional branch" if dnn.architecture == "conv" else ""
     summary = (
-        f"mask DNN {config.n_inputs} -> {hidden} -> {config.n_inputs} at {corpus.sample_rate} Hz, "
+        f"mask DNN {config.n_inputs} -> {hidden} -> {config.n_inputs}{branch} at {corpus.sample_rate} Hz, "
         f"{config.evaluation.mask} masks, trained on {training}"
     )
     partial = Path(out_dir) / f".{name}.{uuid.uuid4().hex}.partial"
