@@ -12,8 +12,8 @@ random excerpt of one clip's voice over another clip's accompaniment (random tra
 random gain in [0.25, 1.25]; input standardised by the training mixtures' per-bin mean and standard
 deviation; the squared error of the estimated vocal magnitude; Adam at lr 0.001, weight decay 1e-5;
 batches of 16 excerpts. The excerpts are 4 s instead of its 6 s, the length of MIR-1K's shorter
-clips. Training stops after the karaoke row's training seconds (`--seconds` to set them), on
-the same number of threads (`--threads`). Its learning-rate plateau schedule never acts within such a
+clips. Training stops after the karaoke row's training seconds (`--seconds` to set them, or
+`--cpu-seconds` for a budget of this process's CPU time), on `--threads` threads. Its learning-rate plateau schedule never acts within such a
 budget (it waits 80 epochs), so the rate is constant.
 
 Scored as karaoke's soft mask: p = min(|V_hat| / |X|, 1), the vocal magnitude the network
@@ -89,17 +89,21 @@ def input_statistics(songs: list[MixedSong], config: ExperimentConfig) -> tuple[
     return frames.mean(0).numpy(), frames.std(0).clamp_min(1e-8).numpy()
 
 
-def train_peer(config: ExperimentConfig, songs: list[MixedSong], seconds: float, seed: int = 0, log=print) -> tuple[torch.nn.Module, int]:
-    """Train an OpenUnmix network for `seconds` of wall time; returns (model in eval mode, steps)."""
+def train_peer(
+    config: ExperimentConfig, songs: list[MixedSong], seconds: float, clock=time.perf_counter, seed: int = 0, log=print
+) -> tuple[torch.nn.Module, int]:
+    """Train an OpenUnmix network until `seconds` have passed on `clock` (wall time, or
+    `time.process_time` for this process's CPU time over all its threads); returns (model in eval
+    mode, steps)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     mean, std = input_statistics(songs, config)
     model = openunmix_class()(nb_bins=config.stft.n_bins, nb_channels=1, input_mean=mean, input_scale=std)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
     n_samples = int(EXCERPT_SECONDS * config.corpus.sample_rate)
-    start, steps, losses = time.perf_counter(), 0, []
+    start, steps, losses = clock(), 0, []
     model.train()
-    while time.perf_counter() - start < seconds:
+    while clock() - start < seconds:
         mixture, vocals = random_excerpts(songs, rng, n_samples)
         # (batch, channels = 1, n_bins, n_frames), as OpenUnmix.forward takes a spectrogram
         estimate = model(magnitudes(mixture, config)[:, None])
@@ -109,7 +113,7 @@ def train_peer(config: ExperimentConfig, songs: list[MixedSong], seconds: float,
         optimizer.step()
         steps, losses = steps + 1, losses + [loss.item()]
         if steps % 50 == 0:
-            log(f"  step {steps}: loss {np.mean(losses[-50:]):.5f} ({time.perf_counter() - start:.0f} s)")
+            log(f"  step {steps}: loss {np.mean(losses[-50:]):.5f} ({clock() - start:.0f} s)")
     return model.eval(), steps
 
 
@@ -147,7 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
     parser.add_argument("--karaoke", default=None, metavar="RUN_OR_JSON",
                         help="a karaoke run folder or a mir1k_quality.py --json result: its row and training time")
-    parser.add_argument("--seconds", type=float, default=None, help="training budget (default: the --karaoke row's)")
+    parser.add_argument("--seconds", type=float, default=None, help="training budget in wall seconds (default: the --karaoke row's)")
+    parser.add_argument("--cpu-seconds", type=float, default=None,
+                        help="training budget in this process's CPU seconds instead (e.g. the CPU time of karaoke's training workers)")
     parser.add_argument("--valid-every", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -156,24 +162,27 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)
     karaoke = karaoke_row(args.karaoke) if args.karaoke else None
-    seconds = args.seconds or (karaoke["dnn"]["train_seconds"] if karaoke else None)
+    seconds = args.cpu_seconds or args.seconds or (karaoke["dnn"]["train_seconds"] if karaoke else None)
+    clock, unit = (time.process_time, "CPU s") if args.cpu_seconds else (time.perf_counter, "s")
     if not seconds:
         sys.exit("give --seconds, or --karaoke with a result that has a DNN's training time")
     valid_songs = load_songs(config, "valid", every=args.valid_every)
     if karaoke and karaoke["valid_clips"] != len(valid_songs):
         sys.exit(f"{args.karaoke} was scored on {karaoke['valid_clips']} clips: use its --valid-every and corpus")
     train_songs = load_songs(config, "train")
-    print(f"Open-Unmix: {len(train_songs)} training clips, {seconds:.0f} s of training on {args.threads} threads, "
+    print(f"Open-Unmix: {len(train_songs)} training clips, {seconds:.0f} {unit} of training on {args.threads} threads, "
           f"{len(valid_songs)} validation clips", flush=True)
-    model, steps = train_peer(config, train_songs, seconds, args.seed, log=lambda line: print(line, flush=True))
+    started = time.perf_counter()
+    model, steps = train_peer(config, train_songs, seconds, clock, args.seed, log=lambda line: print(line, flush=True))
+    wall = time.perf_counter() - started
     half = load_config(args.config, args.overrides + ["evaluation.alphas=[0.5]"])
     rows = score_method(PeerEstimator(model, config), valid_songs, half, ["soft"])["soft"]
     results = {"name": "openunmix", "valid_clips": len(valid_songs), "steps": steps,
-               "openunmix": {**summary(rows), "mask": "soft", "train_seconds": seconds, "rows": rows}}
+               "openunmix": {**summary(rows), "mask": "soft", "train_seconds": wall, "train_budget": f"{seconds:.0f} {unit}", "rows": rows}}
     print("| method | alpha | vocal GNSDR / GSIR / GSAR | accomp. GNSDR / GSIR / GSAR | best alpha | vocal | accomp. | train |")
     if karaoke:
         print(format_row(f"{karaoke['name']} ({karaoke['dnn']['mask']})", karaoke["dnn"], karaoke["dnn"]["train_seconds"]))
-    print(format_row(f"Open-Unmix, {steps} steps (soft)", results["openunmix"], seconds))
+    print(format_row(f"Open-Unmix, {steps} steps, {seconds:.0f} {unit} (soft)", results["openunmix"], wall))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return results
