@@ -155,13 +155,15 @@ def latest_checkpoint(run_dir: str | Path) -> str | None:
 
 
 def resolve_checkpoint(location: str | Path) -> str:
-    """A checkpoint folder as given, or a training run folder's last epoch checkpoint."""
+    """A checkpoint folder as given, a training folder's last epoch checkpoint, or that of a `karaoke
+    run` folder's DNN (RUN/dnn)."""
     from karaoke.storage import exists, join
 
     if not exists(join(str(location), CARD)):
-        last = latest_checkpoint(location)
-        if last is not None:
-            return last
+        for folder in (str(location), join(str(location), "dnn")):
+            last = latest_checkpoint(folder)
+            if last is not None:
+                return last
     return str(location)
 
 

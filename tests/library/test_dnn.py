@@ -280,3 +280,7 @@ def test_latest_checkpoint_skips_an_epoch_whose_weights_do_not_verify(small_conf
     assert "epoch_0003" in caplog.text and "truncated or tampered" in caplog.text
     assert resolve_checkpoint(tmp_path) == str(tmp_path / "epoch_0002")
     assert resolve_checkpoint(tmp_path / "epoch_0001") == str(tmp_path / "epoch_0001")
+    # A `karaoke run` folder names its DNN's: RUN/dnn/epoch_NNNN.
+    run = tmp_path / "run"
+    save_dnn(run / "dnn" / "epoch_0007", model, small_config, 7, {"train_loss": 0.1})
+    assert resolve_checkpoint(run) == str(run / "dnn" / "epoch_0007")
