@@ -1,17 +1,24 @@
-"""`karaoke separate -j 2` against `-j 1` on a folder of MIR-1K clips, with the default model.
+"""`karaoke separate -j 2` against `-j 1` (the plain path, no Ray) on full-length songs, default model, CPU.
 
-    python -m benchmarks.separate_parallel [--songs 40] [--small 10] [--repeats 3]
+    python -m benchmarks.separate_parallel [--minutes 12] [--song-minutes 3] [--repeats 3]
 
-Writes `--songs` MIR-1K clips (every 8th of ../shared/data/mir1k/Wavfile, sorted; the mixture of
-the two channels, mono 16 kHz WAV, as the model hears it) to a temporary folder, then:
-- the whole command, `python -m karaoke_cli separate DIR -o OUT -d cpu -j J`, in a fresh process
-  (imports, model load and, for -j 2, starting the local Ray cluster included), `--repeats` times
-  each; prints the median seconds, songs/s and the ratio -j 2 / -j 1 (target >= 1.6x on 2 cores);
-- the separation part alone and the peak memory, in a child process per run on `--small` and on
-  `--songs` songs: -j 1 is the in-process loop (`Separator.separate_file` per song), -j 2 is
-  `pipelines.separate.separate_on_ray` after `connect()` (its replicas' start and model load
-  counted, Ray's start not). Peak RSS of the driver (`resource.getrusage`) and of each replica
-  (its status rows) show whether memory grows with the number of songs.
+Songs: the MIR-1K clips of ../shared/data/mir1k/Wavfile (sorted) joined end to end into songs of
+`--song-minutes`, `--minutes` of audio in all (the 345 clips hold 45), resampled to 44.1 kHz stereo
+(voice centred, accompaniment to the left) and written as 16-bit FLAC, as a user's songs would be.
+Each repeat runs the whole command, `python -m karaoke_cli separate DIR -o OUT -d cpu [-j 2]`, in a
+fresh process timed from start to exit, in four configurations, interleaved so that a busy spell of
+the shared machine hits them all:
+- `-j 1`: one song at a time in the command's own process, torch on every core (the plain path);
+- `-j 1` on one core (OMP_NUM_THREADS=1): the work of one replica of `-j 2` on 2 cores, so twice
+  its throughput is the most `-j 2` can reach there. Its ratio to `-j 1` is what `-j 1` already
+  gets from its second thread, which the song-level parallelism of `-j 2` cannot add again;
+- `-j 2` cold: the command starts its own local Ray cluster, as a user typing it gets;
+- `-j 2` warm: a cluster already running (`ray start --head`, joined through RAY_ADDRESS), so Ray's
+  start is not counted; its replicas' start and model load are.
+Prints each configuration's median seconds, seconds per minute of audio and songs per minute, and
+each ratio to `-j 1` as the median of the repeats' paired ratios (target for `-j 2`: >= 1.6x on 2
+cores). Then, once, the peak resident memory of `-j 1`'s process and of `-j 2`'s driver and replicas
+(their status rows) on a quarter of the songs and on all of them: flat in the number of songs.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -26,39 +34,59 @@ import tempfile
 import time
 from pathlib import Path
 
-SHARED = Path(os.environ.get("KARAOKE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("KARAOKE_SHARED_DATA", REPO.parent / "shared" / "data"))
+RATE = 44100
+CONFIGURATIONS = ("-j 1", "-j 1, one core", "-j 2 cold", "-j 2 warm")
 
 
-def write_songs(folder: Path, count: int) -> float:
-    """`count` MIR-1K clips as mono 16 kHz WAV mixtures in `folder`; returns their seconds."""
+def write_songs(folder: Path, minutes: float, song_minutes: float) -> list[Path]:
+    """Songs of `song_minutes` (the last one shorter) made of consecutive MIR-1K clips, `minutes` in
+    all, as 44.1 kHz stereo FLAC in `folder`."""
+    import numpy as np
     import soundfile as sf
 
-    clips = sorted((SHARED / "mir1k" / "Wavfile").glob("*.flac"))[::8][:count]
-    if len(clips) < count:
-        raise SystemExit(f"{SHARED / 'mir1k' / 'Wavfile'}: {len(clips)} clips (every 8th) where {count} are needed")
+    from karaoke.audio import resample
+
+    clips = sorted((SHARED / "mir1k" / "Wavfile").glob("*.flac"))
     folder.mkdir(parents=True)
-    seconds = 0.0
+    songs, pending, pending_s, total_s = [], [], 0.0, 0.0
     for clip in clips:
-        audio, rate = sf.read(clip, dtype="float32")
-        sf.write(folder / f"{clip.stem}.wav", audio.mean(axis=1), rate, subtype="PCM_16")
-        seconds += len(audio) / rate
+        audio, rate = sf.read(clip, dtype="float32")  # (n, 2): accompaniment, voice
+        pending.append(audio)
+        pending_s += len(audio) / rate
+        total_s += len(audio) / rate
+        last = total_s >= minutes * 60 or clip == clips[-1]
+        if pending_s >= song_minutes * 60 or last:
+            accompaniment, voice = np.concatenate(pending).T
+            stereo = resample(0.5 * np.stack([accompaniment + voice, 0.7 * accompaniment + voice]), rate, RATE)
+            songs.append(folder / f"song_{len(songs):02d}.flac")
+            sf.write(songs[-1], stereo.T, RATE, subtype="PCM_16")
+            pending, pending_s = [], 0.0
+        if last:
+            break
+    if total_s < minutes * 60 - 1:
+        raise SystemExit(f"{SHARED / 'mir1k' / 'Wavfile'}: {total_s / 60:.1f} minutes of clips where {minutes} are needed")
+    return songs
+
+
+def command(songs: Path, out: Path, jobs: int, env: dict[str, str]) -> float:
+    """Wall seconds of the whole `karaoke separate` command in a fresh process."""
+    args = ["separate", str(songs), "-o", str(out), "-d", "cpu", "-j", str(jobs)]
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "karaoke_cli", *args], check=False, capture_output=True, text=True, env={**os.environ, **env}
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"karaoke {' '.join(args)} exited with {done.returncode}:\n{done.stderr[-3000:]}")
     return seconds
 
 
-def command(songs: Path, out: Path, jobs: int) -> float:
-    """Wall seconds of the whole `karaoke separate` command in a fresh process."""
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "karaoke_cli", "separate", str(songs), "-o", str(out), "-d", "cpu", "-j", str(jobs)],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    return time.perf_counter() - start
-
-
 def child(songs: str, out: str, jobs: int) -> None:
-    """The separation part of one run in this process; prints seconds and peak RSS as JSON."""
-    import resource
-
+    """One run's separation in this process; prints the peak RSS of this process and of each
+    replica as JSON."""
     from karaoke.separator import Separator
     from karaoke.storage import join
     from karaoke.tracks import input_files, track_names
@@ -66,43 +94,34 @@ def child(songs: str, out: str, jobs: int) -> None:
     files = input_files([songs])
     pairs = list(zip(files, track_names(files)))
     replicas: dict[int, float] = {}
-    ray_seconds = 0.0
     if jobs == 1:
-        start = time.perf_counter()
         separator = Separator.from_pretrained(device="cpu")
         for path, track in pairs:
             separator.separate_file(path, join(out, separator.name, track))
-        seconds = time.perf_counter() - start
     else:
         from pipelines.ray_runtime import connect
         from pipelines.separate import separate_on_ray
 
-        start = time.perf_counter()
         connect()
-        ray_seconds = time.perf_counter() - start
-        start = time.perf_counter()
         for row in separate_on_ray(pairs, join(out, "mir1k"), {"name_or_path": None, "device": "cpu"}, jobs=jobs):
             assert row["error"] is None, row["error"]
             replicas[row["replica"]] = max(replicas.get(row["replica"], 0.0), row["peak_mib"])
-        seconds = time.perf_counter() - start
     driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    if jobs == 1:
-        replicas[os.getpid()] = driver
-    print(json.dumps({"seconds": seconds, "ray_seconds": ray_seconds, "driver_mib": driver, "replica_mib": sorted(replicas.values())}))
+    print(json.dumps({"driver_mib": driver, "replica_mib": sorted(replicas.values())}))
 
 
-def run_child(songs: Path, out: Path, jobs: int) -> dict:
+def run_child(songs: Path, out: Path, jobs: int, env: dict[str, str]) -> dict:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.separate_parallel", "--child", str(songs), str(out), str(jobs)],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, env={**os.environ, **env}, cwd=REPO,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--songs", type=int, default=40)
-    parser.add_argument("--small", type=int, default=10, help="the smaller folder of the memory comparison")
+    parser.add_argument("--minutes", type=float, default=12.0, help="minutes of audio in all (at most 45)")
+    parser.add_argument("--song-minutes", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", nargs=3, metavar=("SONGS", "OUT", "JOBS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -110,28 +129,53 @@ def main() -> None:
         child(args.child[0], args.child[1], int(args.child[2]))
         return
 
+    import soundfile as sf
+
+    from tests.ray_head import private_head
+
     with tempfile.TemporaryDirectory(prefix="karaoke-bench-") as tmp:
         tmp = Path(tmp)
-        audio = {n: write_songs(tmp / f"songs{n}", n) for n in (args.small, args.songs)}
-        print(f"{args.songs} MIR-1K clips, {audio[args.songs]:.0f} s of mono 16 kHz audio; default model; "
+        songs = write_songs(tmp / "songs", args.minutes, args.song_minutes)
+        quarter = tmp / "quarter"
+        quarter.mkdir()
+        for song in songs[: max(len(songs) // 4, 1)]:
+            (quarter / song.name).symlink_to(song)
+        audio_minutes = sum(sf.info(song).duration for song in songs) / 60
+        print(f"{len(songs)} songs, {audio_minutes:.1f} minutes of 44.1 kHz stereo FLAC made of MIR-1K clips; default model; "
               f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f})")
-        walls = {jobs: [] for jobs in (1, 2)}
+        walls: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
         for repeat in range(args.repeats):
-            for jobs in (1, 2):  # interleaved, so that a busy spell of the machine hits both
-                walls[jobs].append(command(tmp / f"songs{args.songs}", tmp / f"cmd{jobs}_{repeat}", jobs))
-        median = {jobs: statistics.median(times) for jobs, times in walls.items()}
-        for jobs, seconds in median.items():
-            print(f"whole command -j {jobs}: {seconds:.1f} s (median of {args.repeats}: "
-                  f"{', '.join(f'{t:.1f}' for t in walls[jobs])}), {args.songs / seconds:.2f} songs/s")
-        best = {jobs: min(times) for jobs, times in walls.items()}
-        print(f"ratio -j 2 / -j 1 (whole command): {median[1] / median[2]:.2f}x of the medians (target >= 1.6x), "
-              f"{best[1] / best[2]:.2f}x of the fastest runs (the least disturbed by other work on the machine)")
-        parts = {(n, jobs): run_child(tmp / f"songs{n}", tmp / f"part{n}_{jobs}", jobs) for n in (args.small, args.songs) for jobs in (1, 2)}
-        for n in (args.small, args.songs):
-            one, two = parts[(n, 1)], parts[(n, 2)]
-            print(f"{n} songs, separation alone: -j 1 {one['seconds']:.1f} s, -j 2 {two['seconds']:.1f} s "
-                  f"(Ray's start before it: {two['ray_seconds']:.1f} s): {one['seconds'] / two['seconds']:.2f}x")
-            print(f"{n} songs, peak RSS: -j 1 process {one['driver_mib']:.0f} MiB; -j 2 driver {two['driver_mib']:.0f} MiB, "
+            out = tmp / f"out{repeat}"
+            walls["-j 1"].append(command(tmp / "songs", out / "j1", 1, {}))
+            walls["-j 1, one core"].append(command(tmp / "songs", out / "j1core", 1, {"OMP_NUM_THREADS": "1"}))
+            walls["-j 2 cold"].append(command(tmp / "songs", out / "j2cold", 2, {}))
+            with private_head("--num-cpus=2", "--include-dashboard=true") as head:
+                warm = {**head.env, "RAY_ADDRESS": head.gcs_address}
+                walls["-j 2 warm"].append(command(tmp / "songs", out / "j2warm", 2, warm))
+            print(f"repeat {repeat + 1}: " + ", ".join(f"{name} {walls[name][-1]:.1f} s" for name in CONFIGURATIONS)
+                  + f" (load average {os.getloadavg()[0]:.1f})", flush=True)
+        for name in CONFIGURATIONS:
+            seconds = statistics.median(walls[name])
+            ratios = [one / this for one, this in zip(walls["-j 1"], walls[name])]
+            print(f"{name}: {seconds:.1f} s (median of {args.repeats}), {seconds / audio_minutes:.2f} s per minute of audio, "
+                  f"{len(songs) / seconds * 60:.1f} songs/min; against -j 1: {statistics.median(ratios):.2f}x "
+                  f"(paired ratios {', '.join(f'{r:.2f}' for r in ratios)})")
+        ceiling = [2 * one / core for one, core in zip(walls["-j 1"], walls["-j 1, one core"])]
+        print(f"ceiling of -j 2 on 2 cores (twice the one-core throughput) against -j 1: {statistics.median(ceiling):.2f}x "
+              "(target >= 1.6x)")
+        for name in ("-j 2 cold", "-j 2 warm"):
+            ratios = [core / this for core, this in zip(walls["-j 1, one core"], walls[name])]
+            print(f"{name} against -j 1 on one core: {statistics.median(ratios):.2f}x (at most 2x on 2 free cores; "
+                  f"paired ratios {', '.join(f'{r:.2f}' for r in ratios)})")
+
+        with private_head("--num-cpus=2", "--include-dashboard=true") as head:
+            warm = {**head.env, "RAY_ADDRESS": head.gcs_address}
+            memory = {(folder.name, jobs): run_child(folder, tmp / f"memory_{folder.name}_{jobs}", jobs, warm)
+                      for folder in (quarter, tmp / "songs") for jobs in (1, 2)}
+        for folder in ("quarter", "songs"):
+            one, two = memory[(folder, 1)], memory[(folder, 2)]
+            count = len(list((tmp / folder).iterdir()))
+            print(f"{count} songs, peak RSS: -j 1 process {one['driver_mib']:.0f} MiB; -j 2 driver {two['driver_mib']:.0f} MiB, "
                   f"replicas {', '.join(f'{m:.0f}' for m in two['replica_mib'])} MiB")
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 

@@ -7,11 +7,21 @@ model's scaled by the rate ratio (rounded to whole samples), so a frame covers t
 Eq. 1 (n_bins, n_frames) is interpolated linearly in time and in frequency onto them; binary masks
 (Eq. 2) threshold the interpolated p. At equal rates the grids coincide and p is used unchanged.
 
-Bins above the model's band (above its Nyquist frequency, e.g. 8 kHz for a 16 kHz model) get
-`HIGH_BAND`: "top_bin" repeats p of the model's highest bin in that frame, so a frame the network
-calls vocal keeps its sibilants and breath in the vocals and a frame it calls accompaniment keeps
-its cymbals there; "accompaniment" puts every such bin in the accompaniment. "top_bin" scored
-at least as high on the MUSDB excerpt (docs/benchmarks.md, `benchmarks/fullband.py`).
+Bins above the model's band (above its Nyquist frequency, e.g. 8 kHz for a 16 kHz model) carry
+nothing the network heard, and get `HIGH_BAND`:
+- "top_octave" (default): the mean of p over the model's top octave (4-8 kHz at 16 kHz) in that
+  frame. Sibilants, breath and cymbals spread over that octave and above it, so the octave's
+  verdict on a frame carries upwards; a single bin would not do: the resampler's transition band
+  leaves the model's top bins (above about 7.8 kHz at 16 kHz) almost empty, so their p is the
+  network's guess from the neighbouring bins rather than a measurement;
+- "top_bin": p of the model's highest bin in that frame;
+- "taper": "top_octave" fading to 0 along a raised cosine over the octave above the band (8-16
+  kHz), all accompaniment beyond it;
+- "accompaniment": every such bin in the accompaniment.
+`benchmarks/fullband.py` scores each rule on the MUSDB excerpt (docs/benchmarks.md): over the whole
+signal they differ by at most 0.02 dB, "top_octave" first or tied; the band above 8 kHz alone cannot
+rank them (that excerpt's mixture holds less energy there than the sum of its stems), so the default
+rests on the reason given for it, not on the score.
 """
 
 from __future__ import annotations
@@ -22,8 +32,8 @@ import torch
 
 from karaoke.config import StftConfig
 
-HighBand = Literal["top_bin", "accompaniment"]
-HIGH_BAND: HighBand = "top_bin"
+HighBand = Literal["top_octave", "top_bin", "taper", "accompaniment"]
+HIGH_BAND: HighBand = "top_octave"
 
 
 def input_stft(model_stft: StftConfig, model_rate: int, input_rate: int) -> StftConfig:
@@ -61,12 +71,20 @@ class MaskGrid:
         k = torch.arange(in_stft.n_bins, device=device, dtype=torch.float64)
         v = k * input_rate * model_stft.n_fft / (in_stft.n_fft * model_rate)
         top = model_stft.n_bins - 1
-        self.inside = (v <= top + 1e-9).to(torch.float32)[:, None]
+        inside = v <= top + 1e-9
+        self.inside = inside.to(torch.float32)[:, None]
+        # Each input bin above the band takes `above` times the frame's high-band p (`_high`).
+        octaves = torch.log2(v.clamp(min=top) / top)  # 0 at the model's Nyquist, 1 an octave above
+        weight = {
+            "top_octave": torch.ones_like(v), "top_bin": torch.ones_like(v), "accompaniment": torch.zeros_like(v),
+            "taper": torch.where(octaves < 1, torch.cos(torch.pi / 2 * octaves) ** 2, torch.zeros_like(v)),
+        }[high_band]
+        self.above = (weight * ~inside).to(torch.float32)[:, None]
+        self.octave = slice(top // 2, top + 1) if high_band in ("top_octave", "taper") else slice(top, top + 1)
         v = v.clamp(max=top)
         self.bin_lo = v.floor().long()
         self.bin_hi = (self.bin_lo + 1).clamp(max=top)
         self.bin_w = (v - self.bin_lo).to(torch.float32)[:, None]
-        self.high_band = high_band
         self._p: torch.Tensor | None = None  # model frames [_p_start, _p_start + _p.shape[-1])
         self._p_start = 0
         self._next = 0  # the next input frame to map
@@ -96,9 +114,8 @@ class MaskGrid:
         hi = torch.where(weight > 0, lo + 1, lo).clamp(max=seen - 1) - self._p_start
         lo = lo.clamp(max=seen - 1) - self._p_start
         in_time = self._p[:, lo] * (1 - weight) + self._p[:, hi] * weight  # (model n_bins, m)
-        mapped = in_time[self.bin_lo] * (1 - self.bin_w) + in_time[self.bin_hi] * self.bin_w
-        if self.high_band == "accompaniment":
-            mapped = mapped * self.inside
+        below = in_time[self.bin_lo] * (1 - self.bin_w) + in_time[self.bin_hi] * self.bin_w
+        mapped = below * self.inside + in_time[self.octave].mean(0) * self.above
         self._next += m
         # Model frames before the next input frame's left neighbour are never needed again.
         keep_from = min(self._next * self.num // self.den, seen - 1)

@@ -233,6 +233,35 @@ def remove_folders(created: list[Path]) -> None:
             return
 
 
+def partial_file(target: Path, name: str) -> Path:
+    """Where `name` (e.g. vocals.wav) is written in the folder `target` until it is complete."""
+    return target / f".{name}.partial"
+
+
+def discard_separation(folder: str | Path, track: str, audio_format: str) -> None:
+    """Remove what a separation into `folder/<track>/` killed part-way (its process gone, so its own
+    clean-up never ran) can have left, once the song is reported as failed: in a local folder the
+    partial files and the folders left empty (up to `folder`); at a URL the files of an upload cut
+    short."""
+    from karaoke.storage import is_url, join, open_fs
+
+    names = [f"{part}.{audio_format.lower()}" for part in ("vocals", "accompaniment")]
+    if is_url(folder):
+        fs, root = open_fs(join(folder, track))
+        for name in names:
+            if fs.exists(f"{root}/{name}"):
+                fs.rm(f"{root}/{name}")
+        return
+    target = Path(folder, track)
+    for name in names:
+        partial_file(target, name).unlink(missing_ok=True)
+    for directory in (Path(track), *Path(track).parents[:-1]):  # live/hifi, then live
+        try:
+            Path(folder, directory).rmdir()
+        except OSError:  # not empty, or already gone
+            return
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     """What an audio file's header says: its length in samples per channel, rate and channels."""
@@ -279,7 +308,7 @@ def separate_file(
     info = audio_info(path)
     names, ext = ("vocals", "accompaniment"), audio_format.lower()
     created = make_folder(target)
-    partial = {n: target / f".{n}.{ext}.partial" for n in names}
+    partial = {n: partial_file(target, f"{n}.{ext}") for n in names}
     writers: dict[str, sf.SoundFile] = {}
     try:
         for n in names:

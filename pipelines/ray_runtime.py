@@ -55,6 +55,11 @@ def connect(include_dashboard: bool | None = None) -> None:
 
     for name in ("ray", "ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(level)
+    # Ray Data prints its errors too, e.g. a task it gives up on while the job goes on (the command
+    # reports that song in one line); they stay in its session log file.
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 def train_storage(location: str) -> dict[str, Any]:

@@ -8,19 +8,28 @@ each holding one `karaoke.Separator` loaded once. A replica reads its song (loca
 in blocks), separates it and writes vocals and accompaniment to OUT/<model>/<track>/ itself
 (`Separator.separate_file`: a URL gets each file complete or not at all), so no audio enters the
 object store -> one status row per song. The replicas share the machine: each takes 1/N of the
-cluster's CPUs and as many torch threads (at least one); with `-d cuda`, one GPU each.
+cluster's CPUs and as many torch threads (at least one); with `-d cuda`, one GPU each. A song goes
+to the first replica that is free, so songs of unequal length keep every replica busy to the end.
+
+A replica killed mid-song (the out-of-memory killer, a lost node) is replaced and its song done
+again from the start; a song's files appear only once complete, so the retry finds none of its
+half-written ones. A song on which the replicas fail `SONG_ATTEMPTS` times is reported as failed,
+and the batch goes on: it neither stops the other songs nor retries forever.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
     import ray.data
+
+SONG_ATTEMPTS = 3
 
 
 class _Replica:
@@ -85,8 +94,9 @@ def separate_on_ray(
     on `jobs` replicas (fewer when there are fewer songs), each a
     `Separator.from_pretrained(**options)`. Returns an iterator of one status row per song as it
     finishes: path, track, error (None, or the one line naming the file as given and the reason),
-    and the replica's process id and peak resident memory so far (`peak_mib`). `ConfigError` when
-    `-d cuda` asks for more GPUs than the cluster has. Needs a connected Ray."""
+    and the replica's process id and peak resident memory so far (`peak_mib`; both None for a song
+    its replicas failed on). `ConfigError` when `-d cuda` asks for more GPUs than the cluster has.
+    Needs a connected Ray."""
     import ray
 
     from karaoke.errors import ConfigError
@@ -107,34 +117,50 @@ def separate_on_ray(
         "folder": _absolute(str(folder)), "audio_format": audio_format, "bit_depth": bit_depth,
     }
     # A Dataset copies the current DataContext when it is created, so the settings go first. The
-    # command draws its own bar over the songs; one map operator has no CPUs to reserve for others.
+    # command draws its own bar over the songs; one map operator has no CPUs to reserve for others;
+    # a song whose task fails for good is an errored block, which with no limit on them leaves
+    # that song without a status row (`_rows` reports it) instead of ending the execution.
     context = ray.data.DataContext.get_current()
-    saved = context.enable_progress_bars, context.op_resource_reservation_enabled
+    saved = context.enable_progress_bars, context.op_resource_reservation_enabled, context.max_errored_blocks
     context.enable_progress_bars = False
     context.op_resource_reservation_enabled = False
+    context.max_errored_blocks = -1
     try:
-        # One block per song: blocks are what the pool hands out, so the songs are shared one by one.
-        results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _Replica, batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(jobs, len(items))),
-            num_cpus=share, num_gpus=1 if use_gpu else 0, fn_constructor_kwargs=constructor,
-        )
+        # One block per song, one song in flight per replica: a replica asks for the next song when
+        # it is free, instead of queueing one behind its current song while another replica idles.
+        pool = ray.data.ActorPoolStrategy(size=min(jobs, len(items)), max_tasks_in_flight_per_actor=1)
+        with warnings.catch_warnings():
+            # Ray Data restarts a dead replica without limit and by default retries its task without
+            # limit too, so a song that kills its replica every time would never end; Ray 2.60 takes
+            # the bound only among the remote arguments it deprecates, and warns on the console.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            results = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                _Replica, batch_size=1, compute=pool, num_cpus=share, num_gpus=1 if use_gpu else 0,
+                fn_constructor_kwargs=constructor, max_task_retries=SONG_ATTEMPTS - 1,
+            )
     finally:
-        context.enable_progress_bars, context.op_resource_reservation_enabled = saved
-    return _rows(results, given)
+        context.enable_progress_bars, context.op_resource_reservation_enabled, context.max_errored_blocks = saved
+    return _rows(results, given, {item["path"]: item["track"] for item in items}, constructor["folder"], audio_format)
 
 
-def _rows(results: ray.data.Dataset, given: dict[str, str]) -> Iterator[dict[str, Any]]:
-    """The status rows, each path (and the error line that starts with it) as the caller gave it;
-    a replica that cannot load its model raises that one line here instead of Ray's wrapped
-    traceback."""
+def _rows(
+    results: ray.data.Dataset, given: dict[str, str], tracks: dict[str, str], folder: str, audio_format: str
+) -> Iterator[dict[str, Any]]:
+    """The status rows, each path (and the error line that starts with it) as the caller gave it,
+    then a failed row for each song that has none (its replicas failed on it), whatever its killed
+    replicas left in `folder` removed; a replica that cannot load its model raises that one line
+    here instead of Ray's wrapped traceback."""
     from karaoke.errors import CheckpointError, ConfigError
+    from karaoke.separate import discard_separation
     from pipelines.ray_runtime import unwrap_error
 
+    missing = dict(tracks)
     try:
         for row in results.iter_rows():
             path, error = row["path"], row["error"]
             if error is not None and error.startswith(f"{path}:"):
                 error = given[path] + error[len(path):]
+            missing.pop(path)
             yield {**row, "path": given[path], "error": error}
     except Exception as exc:
         for error in (ConfigError, CheckpointError):
@@ -142,3 +168,8 @@ def _rows(results: ray.data.Dataset, given: dict[str, str]) -> Iterator[dict[str
             if unwrapped is not None:
                 raise unwrapped from None
         raise
+    for path, track in missing.items():
+        discard_separation(folder, track, audio_format)
+        error = (f"{given[path]}: not separated: its replicas died on it {SONG_ATTEMPTS} times or failed unexpectedly "
+                 "(Ray's session logs say which); if memory ran out, use a smaller -j or --chunk-seconds")
+        yield {"path": given[path], "track": track, "error": error, "replica": None, "peak_mib": None}

@@ -12,8 +12,6 @@ import json
 import math
 import os
 import signal
-import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,47 +20,12 @@ import pytest
 
 from karaoke.config import config_from_dict
 from tests.conftest import small_config_dict
+from tests.processes import descendants, wait_for
 
 TRAIN_WORKER = "ray::RayTrainWorker"
 
 
-# --- helpers: processes of this test session, polled with deadlines --------------------------------
-
-
-def _descendants(prefix: str) -> set[int]:
-    """Pids of this process's descendants whose title (Ray's proctitle) starts with `prefix`.
-
-    Ray's local cluster is a child of the test process, so this finds only our own Ray Train workers,
-    never another Ray running on the same machine.
-    """
-    parents: dict[int, int] = {}
-    titles: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            titles[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except OSError:  # the process ended while we looked
-            continue
-        # the command name in field 2 may hold spaces; the parent pid is the 2nd field after it
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    mine, frontier = set(), {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - mine
-        mine |= frontier
-    return {pid for pid in mine if titles.get(pid, "").startswith(prefix)}
-
-
-def _wait_for(condition: Callable[[], bool], job: Future, what: str, seconds: float = 300.0) -> None:
-    """Poll `condition` until true; fail if the background job ends first or the deadline passes."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if job.done():
-            job.result()  # raises the job's own error, if any
-            pytest.fail(f"the job finished before {what}")
-        assert time.monotonic() < deadline, f"no {what} within {seconds:.0f} s"
-        time.sleep(0.05)
+# --- helpers: Ray Train's record of a run's checkpoints ---------------------------------------
 
 
 def _registered_checkpoint(run: Path) -> str | None:
@@ -83,12 +46,12 @@ def _kill_one_worker_and_see_restart(run: Path, job: Future) -> str:
     """Once a checkpoint of `run` (Ray Train's run folder) is registered, SIGKILL one Ray Train
     worker, then wait until a replacement worker exists (the group restarted). Returns the folder
     name of the checkpoint that was registered at the kill."""
-    _wait_for(lambda: _registered_checkpoint(run) is not None, job, "registered checkpoint")
+    wait_for(lambda: _registered_checkpoint(run) is not None, job, "registered checkpoint")
     registered = _registered_checkpoint(run)
-    workers = _descendants(TRAIN_WORKER)
+    workers = descendants(TRAIN_WORKER)
     assert workers, "no Ray Train worker process found"
     os.kill(min(workers), signal.SIGKILL)
-    _wait_for(lambda: bool(_descendants(TRAIN_WORKER) - workers), job, "restarted worker group")
+    wait_for(lambda: bool(descendants(TRAIN_WORKER) - workers), job, "restarted worker group")
     return registered
 
 

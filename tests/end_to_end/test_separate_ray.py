@@ -1,10 +1,15 @@
 """`karaoke separate -j 2`: real MIR-1K clips separated on two Ray replicas with the default model
 give the files of the in-process run, a bad file is reported and skipped, s3:// prefixes in and
-out, and a GPU request the cluster cannot meet is refused in one line."""
+out, a GPU request the cluster cannot meet is refused in one line, a replica killed mid-song is
+replaced and its song done again, and a song that kills every replica taking it is reported."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +18,8 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from karaoke_cli.main import main
+from pipelines.separate import SONG_ATTEMPTS
+from tests.processes import descendants, open_files, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
@@ -138,3 +145,101 @@ def test_more_gpu_replicas_than_the_cluster_has_is_a_one_line_error(ray_session,
     assert result.output.strip().splitlines()[-1].startswith("error: -d cuda -j 2: ")
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+# --- replicas killed mid-song ----------------------------------------------------------------------
+
+REPLICA = "ray::MapWorker(MapBatches(_Replica))"  # Ray Data's actor around pipelines.separate._Replica
+
+
+@pytest.fixture(scope="module")
+def long_songs(mir1k_root, tmp_path_factory) -> Path:
+    """Six 44.1 kHz stereo songs of three MIR-1K clips each (about 25 s: seconds of work on one core,
+    so a replica is caught writing one): accompaniment left of the centred voice."""
+    from karaoke.audio import resample
+
+    clips = sorted((mir1k_root / "Wavfile").glob("*.flac"))[:18]
+    folder = tmp_path_factory.mktemp("long")
+    for index in range(6):
+        audio = np.concatenate([sf.read(clip, dtype="float32")[0] for clip in clips[3 * index : 3 * index + 3]])
+        accompaniment, voice = audio.T
+        stereo = resample(np.stack([accompaniment + voice, 0.7 * accompaniment + voice]), 16000, 44100)
+        sf.write(folder / f"song_{index}.wav", (0.5 * stereo).T, 44100, subtype="PCM_16")
+    return folder
+
+
+def _replica_writing(out: Path) -> tuple[int, str] | None:
+    """(pid, track) of one of our replicas holding a partial file under `out` open, or None."""
+    for pid in sorted(descendants(REPLICA)):
+        for name in open_files(pid):
+            if name.startswith(f"{out}{os.sep}") and name.endswith(".partial"):
+                return pid, Path(name).parent.relative_to(out / "mir1k").as_posix()
+    return None
+
+
+def _written(out: Path, songs: Path, tracks: list[str]) -> None:
+    """Each track's vocals and accompaniment are complete: its input's rate, channels and length."""
+    for track in tracks:
+        source = sf.info(songs / f"{track}.wav")
+        for part in ("vocals", "accompaniment"):
+            info = sf.info(out / "mir1k" / track / f"{part}.wav")
+            assert (info.samplerate, info.channels, info.frames) == (source.samplerate, source.channels, source.frames)
+
+
+def test_a_replica_killed_mid_song_is_replaced_and_the_song_done_again(ray_session, long_songs, tmp_path):
+    """Fault: SIGKILL of a replica while it writes a song, once the first song is written.
+    Expected: Ray starts a replacement and the song is separated again; every song is written once,
+    complete, the killed one equal to the in-process separation; no partial file; exit status 0."""
+    from karaoke.separator import Separator
+
+    out = tmp_path / "out"
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(run, "separate", long_songs, "-o", out, "-d", "cpu", "-j", 2)
+        wait_for(lambda: any((out / "mir1k").glob("*/accompaniment.wav")), job, "first song written")
+        caught: list = []
+        wait_for(lambda: caught.append(_replica_writing(out)) or caught[-1] is not None, job, "replica writing a song")
+        pid, track = caught[-1]
+        replicas = descendants(REPLICA)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: bool(descendants(REPLICA) - replicas), job, "replacement replica")
+        result = job.result()
+    assert result.exit_code == 0, result.output
+    tracks = [f"song_{index}" for index in range(6)]
+    lines = report_lines(result.output)
+    assert sorted(lines[:-1]) == [f"wrote {out / 'mir1k' / t}" for t in tracks]
+    assert lines[-1] == f"separated 6 of 6 files into {out / 'mir1k'}"
+    everything = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())  # hidden ones too
+    assert everything == ["mir1k/config.yaml", *(f"mir1k/{t}/{part}.wav" for t in tracks for part in ("accompaniment", "vocals"))]
+    _written(out, long_songs, tracks)
+    again = Separator.from_pretrained(device="cpu").separate_file(long_songs / f"{track}.wav", tmp_path / "again")
+    for part in ("vocals", "accompaniment"):
+        np.testing.assert_allclose(sf.read(out / "mir1k" / track / f"{part}.wav")[0], sf.read(again / f"{part}.wav")[0], rtol=0, atol=1e-6)
+
+
+def test_a_song_that_kills_every_replica_taking_it_is_reported_and_the_rest_written(ray_session, long_songs, tmp_path):
+    """Fault: SIGKILL of every replica that writes one chosen song (song_4), on each attempt.
+    Expected: after SONG_ATTEMPTS attempts that song is listed as failed in one line and nothing of
+    it is left; the other five are written complete; the summary counts the failure; exit status 1."""
+    out, victim = tmp_path / "out", "song_4"
+    kills = 0
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(run, "separate", long_songs, "-o", out, "-d", "cpu", "-j", 2)
+        while not job.done():
+            caught = _replica_writing(out)
+            if caught is not None and caught[1] == victim:
+                killed = caught[0]
+                os.kill(killed, signal.SIGKILL)
+                kills += 1
+                wait_for(lambda pid=killed: pid not in descendants(REPLICA), job, "the killed replica gone")
+            time.sleep(0.05)
+        result = job.result()
+    assert kills == SONG_ATTEMPTS
+    assert result.exit_code == 1, result.output
+    lines = report_lines(result.output)
+    assert f"failed: {long_songs / victim}.wav: not separated: its replicas died on it {SONG_ATTEMPTS} times" in " ".join(lines)
+    assert lines[-1] == f"separated 5 of 6 files into {out / 'mir1k'}; 1 failed (listed above)"
+    tracks = [f"song_{index}" for index in range(6) if f"song_{index}" != victim]
+    everything = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))  # hidden files and folders too
+    assert everything == ["mir1k", "mir1k/config.yaml", *(
+        name for t in tracks for name in (f"mir1k/{t}", f"mir1k/{t}/accompaniment.wav", f"mir1k/{t}/vocals.wav"))]
+    _written(out, long_songs, tracks)

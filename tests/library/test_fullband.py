@@ -50,16 +50,21 @@ def test_the_mask_is_interpolated_linearly_and_the_high_band_follows_its_rule():
     n_input_frames = 1 + (n_model_frames - 1) * 128 * input_rate // (model_rate * in_stft.hop_length)
     in_hz = torch.arange(in_stft.n_bins, dtype=torch.float64) * input_rate / in_stft.n_fft
     in_seconds = torch.arange(n_input_frames, dtype=torch.float64) * in_stft.hop_length / input_rate
-    expected = 0.1 + 0.5 * in_hz.clamp(max=8000)[:, None] / 8000 + 0.3 * in_seconds[None] / seconds[-1]
+    in_time = 0.3 * in_seconds[None] / seconds[-1]
+    expected = 0.1 + 0.5 * in_hz.clamp(max=8000)[:, None] / 8000 + in_time
     inside = in_hz <= 8000
-    for rule in ("top_bin", "accompaniment"):
+    # above the model's 8 kHz, per frame: p at 8 kHz, or p's mean over 4-8 kHz (at 6 kHz, p being
+    # linear), that mean fading along a raised cosine to 0 an octave up, or no vocals at all
+    octave = 0.1 + 0.5 * 6000 / 8000 + in_time
+    fade = torch.where(in_hz < 16000, torch.cos(torch.pi / 2 * torch.log2(in_hz.clamp(min=8000) / 8000)) ** 2, 0)[:, None]
+    high = {"top_bin": 0.1 + 0.5 + in_time + 0 * in_hz[:, None], "top_octave": octave + 0 * in_hz[:, None],
+            "taper": octave * fade, "accompaniment": torch.zeros_like(expected)}
+    for rule, values in high.items():
         grid = MaskGrid(MODEL_STFT, model_rate, input_rate, torch.device("cpu"), high_band=rule)
         mapped = _mapped(grid, probability, n_input_frames, block=3).double()
         assert mapped.shape == (in_stft.n_bins, n_input_frames)
         torch.testing.assert_close(mapped[inside], expected[inside], rtol=0, atol=1e-5)
-        # above the model's 8 kHz: its top bin's p in that frame, or nothing of it in the vocals
-        high = expected[~inside] if rule == "top_bin" else torch.zeros_like(expected[~inside])
-        torch.testing.assert_close(mapped[~inside], high, rtol=0, atol=1e-5)
+        torch.testing.assert_close(mapped[~inside], values[~inside], rtol=0, atol=1e-5)
 
 
 def _tone(frequency: float, rate: int, seconds: float) -> np.ndarray:
@@ -100,13 +105,13 @@ def test_the_accompaniment_rule_keeps_the_vocals_below_the_models_band(tiny):
     rate = 44100
     audio = (0.2 * _tone(11000, rate, 1.5) + 0.2 * _tone(700, rate, 1.5)).astype(np.float32)[None]
     bands = {}
-    for rule in ("top_bin", "accompaniment"):
+    for rule in ("top_octave", "accompaniment"):
         parts = list(separate_stream(model, config, lambda: [audio], rate, "soft", 0.5, high_band=rule))
         vocals = np.concatenate([v for v, _ in parts], -1)[0]
         spec = np.abs(stft(vocals, input_stft(config.stft, 16000, rate)))
         high = np.arange(spec.shape[0]) * rate / input_stft(config.stft, 16000, rate).n_fft > 8100
         bands[rule] = spec[high].sum() / spec.sum()
-    assert bands["accompaniment"] < 1e-3 < bands["top_bin"]
+    assert bands["accompaniment"] < 1e-3 < bands["top_octave"]
 
 
 def test_a_real_musdb_song_is_separated_at_its_own_rate_and_channels(tiny, musdb_root):

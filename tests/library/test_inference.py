@@ -13,7 +13,7 @@ from karaoke.config import config_from_dict
 from karaoke.inference import StreamingSoftMask, soft_mask
 from karaoke.masks import masks_to_audio, sliding_windows
 from karaoke.models.dnn import build_model, save_dnn
-from karaoke.separate import separate_audio, separate_file
+from karaoke.separate import discard_separation, partial_file, separate_audio, separate_file
 from karaoke.spectral import stft
 from tests.reference import overlap_average
 
@@ -188,3 +188,24 @@ def test_briefly_trained_model_beats_the_mixture_on_a_real_mir1k_clip(mir1k_root
     unprocessed = bss_eval_mir_eval(references, np.stack([song.mixture, song.mixture]))
     assert separated.sdr[0] > unprocessed.sdr[0]
     assert separated.sdr.mean() > unprocessed.sdr.mean()
+
+
+def test_what_a_killed_separation_left_is_discarded_and_nothing_else(s3_endpoint, tmp_path):
+    """A replica killed mid-song leaves partial files (a local folder) or one of the two files (an
+    upload cut short); the song's reported failure removes them, and no other song's files."""
+    import s3fs
+
+    folder = tmp_path / "mir1k"
+    for track in ("live/hifi", "done"):
+        (folder / track).mkdir(parents=True)
+    partial_file(folder / "live" / "hifi", "vocals.wav").write_bytes(b"half")
+    for part in ("vocals", "accompaniment"):
+        (folder / "done" / f"{part}.wav").write_bytes(b"whole")
+    discard_separation(folder, "live/hifi", "wav")
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == ["done", "done/accompaniment.wav", "done/vocals.wav"]
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    fs.pipe({"test-bucket/cut/mir1k/song/vocals.flac": b"one of two", "test-bucket/cut/mir1k/other/vocals.flac": b"kept"})
+    discard_separation("s3://test-bucket/cut/mir1k", "song", "FLAC")
+    fs.invalidate_cache()
+    assert fs.find("test-bucket/cut") == ["test-bucket/cut/mir1k/other/vocals.flac"]
