@@ -61,6 +61,16 @@ def sliding_windows(spec: np.ndarray, window_frames: int) -> np.ndarray:
     return np.moveaxis(view, -2, 0)
 
 
+def window_mean(column_sums: np.ndarray, n_bins: int, window_frames: int) -> float:
+    """Mean value over the hop-1 windows of a spectrogram (zero-padded to one window if shorter),
+    each frame counted once per window covering it, from its per-frame sums over bins
+    (n_frames,): the mean of `sliding_windows(pad_frames(spec, T), T)`, in float64."""
+    n_frames = len(column_sums)
+    n_windows = max(n_frames - window_frames + 1, 1)
+    counts = np.convolve(np.ones(n_windows), np.ones(window_frames))[:n_frames]
+    return float(np.dot(counts, np.asarray(column_sums, dtype=np.float64)) / (n_bins * window_frames * n_windows))
+
+
 def check_alpha(alpha: float) -> float:
     """Alpha must lie strictly inside (0, 1): at 0 or 1 one of the masks is everything or nothing."""
     if not (isinstance(alpha, (int, float)) and 0.0 < float(alpha) < 1.0):

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from karaoke.bss_engine import EXPLICIT_ABOVE_DB
 from karaoke.config import config_from_dict
 from karaoke.corpora import list_songs
 from karaoke.features import song_features
@@ -148,6 +149,12 @@ def test_evaluate_command_scores_a_trained_nmf_checkpoint(ray_session, config, n
     stored = sorted((r for r in rows if r["song_id"] == song.song_id), key=lambda r: r["alpha"])
     for got, want in zip(stored, direct, strict=True):
         for key, value in want.items():
+            if key != "mask" and value > EXPLICIT_ABOVE_DB:
+                # An estimate with almost no artefacts (p above a low alpha nearly everywhere): its
+                # SAR measures float32 rounding, which the task's blockwise overlap-add and the
+                # whole-song inverse STFT do differently.
+                assert got[key] > EXPLICIT_ABOVE_DB, key
+                continue
             # float32 NMF updates on another thread count: last-digit differences, far below 0.01 dB
             assert got[key] == (value if key == "mask" else pytest.approx(value, rel=1e-4, abs=1e-3, nan_ok=True))
     summary = json.loads((tmp_path / "scores" / "summary.json").read_text())
