@@ -27,7 +27,10 @@ class FramewiseBss:
         self._references: list[np.ndarray] = []  # samples from the start of the next window on
         self._estimates: list[np.ndarray] = []
         self._buffered = 0
-        self._scores: list[np.ndarray] = []  # per window: (3, ..., n_src)
+        # Per window, (3, ..., n_src) as Python floats: small NumPy buffers kept to the end would sit
+        # between the blocks' large short-lived arrays in the C heap and keep it from being reused,
+        # growing the resident memory with the song's length (measured: +60 MiB from 1 to 4 minutes).
+        self._scores: list[list] = []
 
     def push(self, references: np.ndarray, estimates: np.ndarray) -> None:
         references, estimates = np.asarray(references), np.asarray(estimates)
@@ -48,7 +51,8 @@ class FramewiseBss:
         estimates = np.concatenate(self._estimates, axis=-1)
         start = 0
         while self._buffered - start >= self.window:
-            self._scores.append(self._score(references[:, start : start + self.window], estimates[..., start : start + self.window]))
+            window = slice(start, start + self.window)
+            self._scores.append(self._score(references[:, window], estimates[..., window]).tolist())
             start += self.hop
         self._references, self._estimates = [references[:, start:]], [estimates[..., start:]]
         self._buffered -= start
@@ -65,8 +69,8 @@ class FramewiseBss:
             raise ValueError("no samples were pushed")
         if self.n_samples < self.window + self.hop:
             references = np.concatenate(self._references, axis=-1)
-            self._scores = [self._score(references, np.concatenate(self._estimates, axis=-1))]
+            self._scores = [self._score(references, np.concatenate(self._estimates, axis=-1)).tolist()]
         else:
             self._score_windows()
-        sdr, sir, sar = np.stack(self._scores, axis=-1)
+        sdr, sir, sar = np.stack([np.array(scores) for scores in self._scores], axis=-1)
         return sdr, sir, sar
