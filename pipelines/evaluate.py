@@ -152,9 +152,12 @@ def _score(config, scores_dir: Path, methods: list[tuple[str, str | None]], song
 
 def _gather(futures: list, description: str) -> list:
     """`ray.get(futures)` in order, with a progress bar as tasks finish: scoring the NMF on a
-    validation split takes tens of minutes on a small machine."""
+    validation split takes tens of minutes on a small machine. A task's `KaraokeError` (a song's
+    file that cannot be read, named in its one line) is raised as itself, without Ray's traceback."""
     import ray
     from tqdm import tqdm
+
+    from karaoke.errors import KaraokeError
 
     index = {future: k for k, future in enumerate(futures)}
     results: list = [None] * len(futures)
@@ -163,7 +166,12 @@ def _gather(futures: list, description: str) -> list:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for future in done:
-                results[index[future]] = ray.get(future)
+                try:
+                    results[index[future]] = ray.get(future)
+                except ray.exceptions.RayTaskError as exc:
+                    if isinstance(exc.cause, KaraokeError):
+                        raise exc.cause from None
+                    raise
             bar.update(len(done))
     return results
 
