@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from karaoke.errors import AudioError
 from karaoke.storage import is_url, open_fs
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+# Blocks (n_channels, n) of audio, the same ones each time it is called.
+BlockSource = Callable[[], Iterable[np.ndarray]]
 # Read size of a file opened at a URL: a few round trips per song, a few MiB held per open file.
 URL_BLOCK_BYTES = 8 * 2**20
 
@@ -93,6 +95,27 @@ def open_sound(path: str | Path) -> Iterator:
         yield handle
 
 
+def file_blocks(path: str, block_seconds: float) -> BlockSource:
+    """Blocks (n_channels, n) of a file (a local path or URL) at its own rate; `AudioError` naming
+    it when it cannot be decoded, is truncated (as `karaoke prepare` refuses it) or holds NaN or Inf."""
+
+    def blocks() -> Iterator[np.ndarray]:
+        with open_sound(path) as handle:
+            size, decoded = max(int(block_seconds * handle.samplerate), 1), 0
+            while True:
+                data = handle.read(size, dtype="float32", always_2d=True)
+                decoded += data.shape[0]
+                if not np.all(np.isfinite(data)):
+                    raise AudioError(f"{path}: audio contains NaN or Inf samples")
+                if data.shape[0]:
+                    yield data.T
+                if data.shape[0] < size:
+                    check_decoded_length(handle.frames, decoded, path)
+                    return
+
+    return blocks
+
+
 def check_not_truncated(handle, path: str) -> None:
     """Raise `AudioError` when an open `soundfile.SoundFile`'s data chunk is cut off: libsndfile
     quietly shortens such a WAV, and only its header log says so."""
@@ -118,6 +141,27 @@ def resample(audio: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:
         return audio
     out = soxr.resample(np.asarray(audio, dtype=np.float32).T, from_rate, to_rate, quality="HQ")
     return np.ascontiguousarray(out.T, dtype=np.float32)
+
+
+def resampled_blocks(blocks: BlockSource, from_rate: int, to_rate: int) -> BlockSource:
+    """`blocks` (n_channels, n) resampled as they stream by, equal to `resample` of the whole signal
+    (soxr's streaming resampler with the same filter)."""
+    import soxr
+
+    if from_rate == to_rate:
+        return blocks
+
+    def resampled() -> Iterator[np.ndarray]:
+        stream, n_channels = None, 0
+        for block in blocks():
+            if stream is None:
+                n_channels = block.shape[0]
+                stream = soxr.ResampleStream(from_rate, to_rate, n_channels, dtype="float32", quality="HQ")
+            yield np.ascontiguousarray(stream.resample_chunk(np.ascontiguousarray(block.T, dtype=np.float32)).T)
+        if stream is not None:
+            yield np.ascontiguousarray(stream.resample_chunk(np.zeros((0, n_channels), np.float32), last=True).T)
+
+    return resampled
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

@@ -144,17 +144,24 @@ def read_windows(dataset: str, split: str, columns: list[str] | None = None) -> 
     return out
 
 
-def read_songs(dataset: str, split: str) -> list[MixedSong]:
-    """The songs of a valid/test split with their audio, sorted by id (`karaoke.mixing.MixedSong`)."""
+def read_song(url: str) -> MixedSong:
+    """The song of one `songs/<split>/` shard (a path or URL, from `split_files(..., kind="song")`)."""
     import pyarrow.parquet as pq
 
+    fs, path = open_fs(url)
+    with fs.open(path, "rb") as handle:
+        row = pq.read_table(handle).to_pylist()[0]
+    audio = {name: np.asarray(row[name], dtype=np.float32) for name in AUDIO_COLUMNS}
+    return MixedSong(row["song_id"], row["split"], int(row["sample_rate"]), **audio)
+
+
+def read_songs(dataset: str, split: str) -> list[MixedSong]:
+    """The songs of a valid/test split with their audio, sorted by id (`karaoke.mixing.MixedSong`)."""
+    return sorted((read_song(url) for url in song_files(dataset, split)), key=lambda s: s.song_id)
+
+
+def song_files(dataset: str, split: str) -> list[str]:
+    """The song shards (paths or URLs) of a valid/test split."""
     if split not in SONG_SPLITS:
         raise DatasetError(f"{dataset}: songs are stored for {' and '.join(SONG_SPLITS)} only, not {split!r}")
-    fs, _ = open_fs(dataset)
-    songs = []
-    for url in split_files(dataset, split, kind="song"):
-        with fs.open(open_fs(url)[1], "rb") as handle:
-            row = pq.read_table(handle).to_pylist()[0]
-        audio = {name: np.asarray(row[name], dtype=np.float32) for name in AUDIO_COLUMNS}
-        songs.append(MixedSong(row["song_id"], row["split"], int(row["sample_rate"]), **audio))
-    return sorted(songs, key=lambda s: s.song_id)
+    return split_files(dataset, split, kind="song")

@@ -25,3 +25,7 @@ class CheckpointError(KaraokeError, ValueError):
 
 class OutputError(KaraokeError, OSError):
     """An output path cannot be written: it is a file where a folder is needed, or not writable."""
+
+
+class StorageError(KaraokeError, OSError):
+    """The storage of a run (a folder or an s3:// endpoint) does not answer."""

@@ -1,7 +1,8 @@
 """The mask-estimator protocol: every method of the paper (the DNN, the NMF baseline, the ideal
 binary mask) is a `MaskEstimator` that gives the vocal probability p (n_bins, n_frames) of a song's
-features; Eq. 2 (`karaoke.masks.masks_to_audio`) turns p into audio at any alpha without asking it
-again.
+features as they stream by (`ProbabilityStream`: a song of any length in the memory of one block,
+see `karaoke.song_scoring`), or of a song held whole (`song_probability`); Eq. 2
+(`karaoke.masks.masks_to_audio`) turns p into audio at any alpha without asking it again.
 
 Evaluation, tuning and the benchmarks get their estimator from `load_estimator(method, checkpoint,
 config)`. Separating a user's audio files is `karaoke.Separator` (`karaoke.separator`).
@@ -16,7 +17,7 @@ import numpy as np
 
 from karaoke.config import ExperimentConfig
 from karaoke.features import SongFeatures, song_features
-from karaoke.masks import masks_to_audio
+from karaoke.masks import ideal_binary_mask, masks_to_audio, window_mean
 from karaoke.mixing import MixedSong
 
 if TYPE_CHECKING:
@@ -25,12 +26,51 @@ if TYPE_CHECKING:
 METHODS = ("ibm", "dnn", "nmf")
 
 
+class ProbabilityStream(Protocol):
+    """A song's vocal probability as its frames arrive: `push` unit-scale magnitudes (3, n_bins, k)
+    [|mixture|, |vocals|, |accompaniment|] (divided by the song's unit scale) and get p (n_bins, m)
+    float32 of the next m frames whose p is known; `finish` gives the rest."""
+
+    def push(self, magnitudes: torch.Tensor) -> torch.Tensor: ...
+
+    def finish(self) -> torch.Tensor: ...
+
+
 class MaskEstimator(Protocol):
-    """Anything that maps a song's features to its vocal probability p, (n_bins, n_frames) float32."""
+    """Anything that maps a song's features to its vocal probability p, (n_bins, n_frames) float32,
+    frames in, p out (`ProbabilityStream`). `window_mean` is the song's mean unit-scale mixture
+    magnitude over its hop-1 windows (`karaoke.masks.window_mean`), known before its first frame."""
 
     method: str
 
-    def vocal_probability(self, features: SongFeatures) -> np.ndarray: ...
+    def probability_stream(self, window_mean: float) -> ProbabilityStream: ...
+
+
+class _MixtureStream:
+    """A stream over the mixture magnitude alone (Eq. 1 of the DNN or the NMF)."""
+
+    def __init__(self, average) -> None:
+        self._average = average
+
+    def push(self, magnitudes: torch.Tensor) -> torch.Tensor:
+        return self._average.push(magnitudes[0])
+
+    def finish(self) -> torch.Tensor:
+        return self._average.finish()
+
+
+class _IbmStream:
+    def __init__(self) -> None:
+        self._n_bins = 0
+
+    def push(self, magnitudes: torch.Tensor) -> torch.Tensor:
+        self._n_bins = magnitudes.shape[1]
+        return ideal_binary_mask(magnitudes[1], magnitudes[2]).float()
+
+    def finish(self) -> torch.Tensor:
+        import torch
+
+        return torch.zeros(self._n_bins, 0)
 
 
 @dataclass(frozen=True)
@@ -40,22 +80,22 @@ class IdealBinaryMask:
 
     method: str = "ibm"
 
-    def vocal_probability(self, features: SongFeatures) -> np.ndarray:
-        return features.ibm.astype(np.float32)
+    def probability_stream(self, window_mean: float) -> ProbabilityStream:
+        return _IbmStream()
 
 
 @dataclass(frozen=True)
 class DnnEstimator:
     """The mask DNN: p is Eq. 1, the mean of every hop-1 window's prediction covering a bin."""
 
-    model: "torch.nn.Module"
+    model: torch.nn.Module
     window_frames: int
     method: str = "dnn"
 
-    def vocal_probability(self, features: SongFeatures) -> np.ndarray:
-        from karaoke.inference import soft_mask
+    def probability_stream(self, window_mean: float) -> ProbabilityStream:
+        from karaoke.inference import StreamingSoftMask
 
-        return soft_mask(self.model, features.mixture, self.window_frames, scale=1.0)
+        return _MixtureStream(StreamingSoftMask(self.model, self.window_frames, scale=1.0))
 
 
 @dataclass(frozen=True)
@@ -63,8 +103,8 @@ class NmfEstimator:
     """The NMF baseline: per hop-1 window, the soft mask W_v H_v / (W_v H_v + W_nv H_nv) with the
     activations fitted for fixed bases, averaged over the windows covering a bin."""
 
-    W_v: "torch.Tensor"  # (n_bins * window_frames, n_components)
-    W_nv: "torch.Tensor"
+    W_v: torch.Tensor  # (n_bins * window_frames, n_components)
+    W_nv: torch.Tensor
     window_frames: int
     iterations: int
     seed: int
@@ -72,12 +112,14 @@ class NmfEstimator:
     precision: str = "float32"  # nmf.test_precision
     method: str = "nmf"
 
-    def vocal_probability(self, features: SongFeatures) -> np.ndarray:
-        from karaoke.models.nmf import nmf_vocal_probability
+    def probability_stream(self, window_mean: float) -> ProbabilityStream:
+        from karaoke.models.nmf import DEFAULT_CHUNK_WINDOWS, nmf_probability_stream
 
-        return nmf_vocal_probability(
-            features.mixture, self.W_v, self.W_nv, self.window_frames, self.iterations, self.seed,
-            tolerance=self.tolerance, precision=self.precision,
+        return _MixtureStream(
+            nmf_probability_stream(
+                self.W_v, self.W_nv, self.window_frames, self.iterations, self.seed, window_mean,
+                DEFAULT_CHUNK_WINDOWS, self.tolerance, self.precision,
+            )
         )
 
 
@@ -108,9 +150,16 @@ def load_estimator(method: str, checkpoint: str | None, config: ExperimentConfig
 
 
 def song_probability(estimator: MaskEstimator, song: MixedSong, config: ExperimentConfig) -> tuple[SongFeatures, np.ndarray]:
-    """(the song's features, its vocal probability p (n_bins, n_frames)) under `estimator`."""
+    """(the song's features, its vocal probability p (n_bins, n_frames)) under `estimator`, every
+    frame given to its stream at once."""
+    import torch
+
     features = song_features(song, config)
-    return features, estimator.vocal_probability(features)
+    mean = window_mean(features.mixture.sum(0, dtype=np.float64), features.mixture.shape[0], config.windows.n_frames)
+    stream = estimator.probability_stream(mean)
+    magnitudes = torch.from_numpy(np.stack([features.mixture, features.vocals, features.accompaniment]))
+    probability = torch.cat([stream.push(magnitudes), stream.finish()], -1)
+    return features, probability.cpu().numpy()
 
 
 def separate_song(

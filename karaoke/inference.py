@@ -5,15 +5,17 @@ receives up to T predictions; their mean p(f, t) is the soft mask. Windows are c
 and their predictions summed back with `fold`, `batch_windows` windows per network call, so no
 Python loop runs over frames.
 
-`StreamingSoftMask` takes the mixture magnitude in blocks of frames of any size and returns each
-frame's p as soon as every window covering it has been predicted; it keeps only the last T - 1
-frames between blocks, so a song of any length needs the memory of one block. Blocks of any size
-give the same p as one block (the windows and sums are the same, only grouped differently).
+`WindowAverage` takes frames in blocks of any size and returns each frame's p as soon as every
+window covering it has been predicted; it keeps only the last T - 1 frames between blocks, so a song
+of any length needs the memory of one block. Blocks of any size give the same p as one block (the
+windows and sums are the same, only grouped differently). `StreamingSoftMask` is it with the
+network as the predictor; the NMF baseline uses it too (`karaoke.models.nmf.nmf_probability_stream`).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -24,44 +26,32 @@ DEFAULT_BATCH_WINDOWS = 256
 Precision = Literal["float32", "bfloat16"]
 
 
-class StreamingSoftMask:
-    """Eq. 1 over a stream of mixture-magnitude frames.
+Predict = Callable[[torch.Tensor, int], torch.Tensor]
 
-    model: maps windows (batch, n_bins, T) to probabilities of the same shape.
-    scale: the song's unit scale (max mixture magnitude); inputs are divided by it (the network was
-    trained on unit-scale magnitudes), so it must be known before the first block.
-    precision: "bfloat16" runs the network under bfloat16 autocast (about twice as fast on CPUs with
-    AVX512-BF16, p within ~1e-2); on a GPU it is always used.
+
+class WindowAverage:
+    """Eq. 1 over a stream of frames for any window predictor.
+
+    predict(windows, first): predictions (b, n_bins, T) of windows (b, n_bins, T), the hop-1 windows
+    numbered first .. first + b - 1 from the start of the song (the NMF seeds each window by its
+    number); called with at most `batch_windows` windows at a time.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        window_frames: int,
-        scale: float,
-        batch_windows: int = DEFAULT_BATCH_WINDOWS,
-        precision: Precision = "float32",
-    ) -> None:
-        self.model = model
+    def __init__(self, predict: Predict, window_frames: int, batch_windows: int, device: torch.device) -> None:
+        self.predict = predict
         self.window_frames = window_frames
-        self.scale = float(scale)
         self.batch_windows = batch_windows
-        self.device = next(model.parameters()).device
-        self.autocast = self.device.type == "cuda"
-        self.input_dtype = torch.float32
-        if precision == "bfloat16" and not self.autocast:
-            # A bfloat16 copy of the weights: CPU autocast would convert them again at every call.
-            self.model = copy.deepcopy(model).to(torch.bfloat16)
-            self.input_dtype = torch.bfloat16
-        self._frames: torch.Tensor | None = None  # (n_bins, n) normalised frames not yet emitted
+        self.device = device
+        self._frames: torch.Tensor | None = None  # (n_bins, n) frames not yet emitted
         self._sums: torch.Tensor | None = None  # (n_bins, n) sum of predictions for those frames
         self._counts: torch.Tensor | None = None  # (n,) number of predictions summed
         self._covered = 0  # windows start at buffered frames [0, _covered) have been predicted
+        self._emitted = 0  # frames emitted so far: the number of buffered frame 0
         self.n_frames = 0
 
-    def push(self, magnitude: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Add frames (n_bins, k) of |mixture STFT|; returns p (n_bins, m) of the next m finished frames."""
-        block = torch.as_tensor(magnitude).to(self.device, torch.float32) / self.scale
+    def push(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Add frames (n_bins, k); returns p (n_bins, m) of the next m finished frames."""
+        block = torch.as_tensor(frames).to(self.device, torch.float32)
         self.n_frames += block.shape[-1]
         if self._frames is None:
             self._frames = block
@@ -101,8 +91,7 @@ class StreamingSoftMask:
         for start in range(self._covered, n_windows, self.batch_windows):
             stop = min(start + self.batch_windows, n_windows)
             b = stop - start
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                pred = self.model(windows[start:stop].contiguous().to(self.input_dtype)).float()
+            pred = self.predict(windows[start:stop], self._emitted + start)
             # fold: (b, n_bins, T) predictions of windows start..stop-1 summed onto frames start..stop+T-2;
             # bins as fold's channels with the windows contiguous is twice as fast as a (n_bins, T) kernel
             columns = pred.permute(1, 2, 0).reshape(1, n_bins * T, b)
@@ -118,7 +107,50 @@ class StreamingSoftMask:
         probability = self._sums[:, :n] / self._counts[:n].clamp(min=1)
         self._frames, self._sums, self._counts = self._frames[:, n:], self._sums[:, n:], self._counts[n:]
         self._covered -= n
+        self._emitted += n
         return probability
+
+
+class StreamingSoftMask:
+    """Eq. 1 of the mask DNN over a stream of mixture-magnitude frames (`WindowAverage`).
+
+    model: maps windows (batch, n_bins, T) to probabilities of the same shape.
+    scale: the song's unit scale (max mixture magnitude); inputs are divided by it (the network was
+    trained on unit-scale magnitudes), so it must be known before the first block.
+    precision: "bfloat16" runs the network under bfloat16 autocast (about twice as fast on CPUs with
+    AVX512-BF16, p within ~1e-2); on a GPU it is always used.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        window_frames: int,
+        scale: float,
+        batch_windows: int = DEFAULT_BATCH_WINDOWS,
+        precision: Precision = "float32",
+    ) -> None:
+        self.model = model
+        self.scale = float(scale)
+        device = next(model.parameters()).device
+        self.autocast = device.type == "cuda"
+        self.input_dtype = torch.float32
+        if precision == "bfloat16" and not self.autocast:
+            # A bfloat16 copy of the weights: CPU autocast would convert them again at every call.
+            self.model = copy.deepcopy(model).to(torch.bfloat16)
+            self.input_dtype = torch.bfloat16
+        self._average = WindowAverage(self._predict, window_frames, batch_windows, device)
+
+    def _predict(self, windows: torch.Tensor, first: int) -> torch.Tensor:
+        with torch.autocast(windows.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.model(windows.contiguous().to(self.input_dtype)).float()
+
+    def push(self, magnitude: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Add frames (n_bins, k) of |mixture STFT|; returns p (n_bins, m) of the next m finished frames."""
+        return self._average.push(torch.as_tensor(magnitude).to(self._average.device, torch.float32) / self.scale)
+
+    def finish(self) -> torch.Tensor:
+        """p of the remaining frames (see `WindowAverage.finish`)."""
+        return self._average.finish()
 
 
 def soft_mask(

@@ -61,6 +61,49 @@ def sliding_windows(spec: np.ndarray, window_frames: int) -> np.ndarray:
     return np.moveaxis(view, -2, 0)
 
 
+class WindowMean:
+    """The mean value over the hop-1 windows of a spectrogram (zero-padded to one window if shorter),
+    each frame counted once per window covering it: the mean of `sliding_windows(pad_frames(spec,
+    T), T)`, from the spectrogram's per-frame sums over bins (float64), given in blocks of frames.
+    Only the first 2T and the last T - 1 frame sums are kept: the others are covered T times."""
+
+    def __init__(self, n_bins: int, window_frames: int) -> None:
+        self.n_bins, self.window_frames = n_bins, window_frames
+        self._head: list[float] = []  # the first 2T frame sums
+        self._tail: list[float] = []  # the last T - 1
+        self._total = 0.0
+        self.n_frames = 0
+
+    def push(self, column_sums: np.ndarray) -> None:
+        """Frame sums (k,) of the next k frames."""
+        values = [float(v) for v in column_sums]
+        T = self.window_frames
+        self._head += values[: max(2 * T - len(self._head), 0)]
+        self._tail = (self._tail + values)[-(T - 1) :] if T > 1 else []
+        self._total += float(np.sum(column_sums, dtype=np.float64))
+        self.n_frames += len(values)
+
+    def value(self) -> float:
+        T, n = self.window_frames, self.n_frames
+        n_windows = max(n - T + 1, 1)
+        if n <= 2 * T:
+            counts = np.convolve(np.ones(n_windows), np.ones(T))[:n]
+            covered = float(np.dot(counts, self._head))
+        else:
+            # Frames t < T - 1 are in t + 1 windows, frame n - k (k < T) in k, the others in T.
+            head = sum((T - 1 - t) * self._head[t] for t in range(T - 1))
+            tail = sum((T - k) * self._tail[-k] for k in range(1, T))
+            covered = T * self._total - head - tail
+        return covered / (self.n_bins * T * n_windows)
+
+
+def window_mean(column_sums: np.ndarray, n_bins: int, window_frames: int) -> float:
+    """`WindowMean` of a whole spectrogram's per-frame sums over bins (n_frames,)."""
+    mean = WindowMean(n_bins, window_frames)
+    mean.push(column_sums)
+    return mean.value()
+
+
 def check_alpha(alpha: float) -> float:
     """Alpha must lie strictly inside (0, 1): at 0 or 1 one of the masks is everything or nothing."""
     if not (isinstance(alpha, (int, float)) and 0.0 < float(alpha) < 1.0):

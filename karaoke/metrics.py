@@ -1,8 +1,11 @@
 """BSS-EVAL scores (SDR/SIR/SAR) of separated vocals and accompaniment, and their statistics.
 
-- Whole-song scores (the paper) and framewise scores over 1 s windows, summarised by their median
-  over windows (the SiSEC convention; silent windows are skipped), from the fast exact engine
-  (`karaoke.bss_engine`); `bss_eval_mir_eval` is the reference implementation it is tested against.
+- Whole-song scores (the paper: mir_eval's `bss_eval_sources` of the whole song, 512-tap filter) and
+  framewise scores over 1 s windows, summarised by their median over windows (the SiSEC convention;
+  silent windows are skipped), from the fast exact engine (`karaoke.bss_engine`,
+  `karaoke.bss_frames`), which takes a song in blocks: the whole-song score of a song of any length
+  is exact, in the memory of a block. `bss_eval_mir_eval` is the reference implementation it is
+  tested against.
 - A scores row is one separation of one song: `mask` ("binary": Eq. 2, or "soft"), `alpha`, `{source}_{metric}` (whole song, dB),
   `{source}_{metric}_frames` (median over 1 s windows) and `{source}_sdr_mixture` (SDR of the
   unprocessed mixture taken as the estimate, the baseline of NSDR), for source in SOURCES and
@@ -14,7 +17,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,45 +71,66 @@ def framewise_median(values: np.ndarray) -> np.ndarray:
     return out
 
 
-class SongScorer:
-    """Scores any number of separations of one song against its references.
+# One block of a song being scored: references (2, m) [vocals, accompaniment], estimates (n, 2, m)
+# (n separations, each [vocals, accompaniment]) and the mixture (m,).
+ScoredBlock = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-    references: (2, n_samples) [vocals, accompaniment]; mixture: (n_samples,). The reference-only
-    work (whole song, and per 1 s window when `sample_rate` is given) is done once here.
+
+def score_separations(blocks: Callable[[], Iterable[ScoredBlock]], sample_rate: int | None = None) -> list[dict[str, float]]:
+    """One row per separation of a song whose audio comes in blocks (see `ScoredBlock`): the columns
+    of the module docstring (framewise ones only with `sample_rate`).
+
+    `blocks()` must give the same blocks at every call. It is read once, in the memory of a block
+    (`karaoke.bss_engine.StreamingBss`, `karaoke.bss_frames.FramewiseBss`), and a second time only
+    when a whole-song score needs BSS-EVAL's explicit path.
     """
+    from karaoke.bss_engine import EXPLICIT_ABOVE_DB, StreamingBss
+    from karaoke.bss_frames import FramewiseBss
 
-    def __init__(self, references: np.ndarray, mixture: np.ndarray, sample_rate: int | None = None):
-        from karaoke.bss_engine import FramewiseReferences, References
+    whole = StreamingBss(len(SOURCES))
+    frames = None
+    if sample_rate is not None:
+        window = round(FRAME_SECONDS * sample_rate)
+        frames = FramewiseBss(len(SOURCES), window, window)
 
-        references = np.asarray(references)
-        if references.shape[0] != len(SOURCES) or references.shape[1:] != np.shape(mixture):
-            raise ValueError(
-                f"references {references.shape} must be (2, n_samples) like the mixture {np.shape(mixture)}"
-            )
-        self._whole = References(references)
-        self._frames = None
-        if sample_rate is not None:
-            window = round(FRAME_SECONDS * sample_rate)
-            self._frames = FramewiseReferences(references, window, window)
-        self.mixture_sdr = self._whole.sdr(np.stack([mixture, mixture]))
+    def with_mixture(references: np.ndarray, estimates: np.ndarray, mixture: np.ndarray) -> np.ndarray:
+        # The unprocessed mixture, as the estimate of both sources, is the last separation scored whole.
+        if references.shape != (len(SOURCES), np.shape(mixture)[-1]):
+            raise ValueError(f"references {references.shape} must be (2, n_samples) like the mixture {np.shape(mixture)}")
+        return np.concatenate([estimates, np.stack([mixture, mixture])[None]])
 
-    def score(self, estimates: np.ndarray) -> list[dict[str, float]]:
-        """One row per separation of estimates (n_separations, 2, n_samples) (see the module docstring)."""
-        whole = np.stack(self._whole.score(estimates), axis=-1)  # (n, 2, 3)
-        frames = None
-        if self._frames is not None:
-            frames = framewise_median(np.stack(self._frames.score(estimates), axis=-2))  # (n, 2, 3)
-        rows = []
-        for k in range(len(estimates)):
-            row = {}
-            for i, source in enumerate(SOURCES):
-                for m, metric in enumerate(METRICS):
-                    row[f"{source}_{metric}"] = float(whole[k, i, m])
-                    if frames is not None:
-                        row[f"{source}_{metric}_frames"] = float(frames[k, i, m])
-                row[f"{source}_sdr_mixture"] = float(self.mixture_sdr[i])
-            rows.append(row)
-        return rows
+    n = None
+    for references, estimates, mixture in blocks():
+        n = len(estimates)
+        whole.push(references, with_mixture(references, estimates, mixture))
+        if frames is not None:
+            frames.push(references, estimates)
+    if n is None:
+        raise ValueError("the song has no samples")
+    sdr, sir, sar = whole.finish()
+    # The mixture's SIR and SAR are not reported: only its SDR may need the explicit path.
+    redo = whole.cancelled.copy()
+    redo[n] &= ~(sdr[n] <= EXPLICIT_ABOVE_DB)
+    indices = [tuple(int(i) for i in index) for index in zip(*np.nonzero(redo))]
+    if indices:
+        explicit = whole.explicit(indices)
+        for references, estimates, mixture in blocks():
+            explicit.push(references, with_mixture(references, estimates, mixture))
+        for index, values in zip(indices, explicit.finish()):
+            sdr[index], sir[index], sar[index] = values
+    scores = np.stack([sdr, sir, sar], axis=-1)  # (n + 1, 2, 3)
+    medians = framewise_median(np.stack(frames.finish(), axis=-2)) if frames is not None else None  # (n, 2, 3)
+    rows = []
+    for k in range(n):
+        row = {}
+        for i, source in enumerate(SOURCES):
+            for m, metric in enumerate(METRICS):
+                row[f"{source}_{metric}"] = float(scores[k, i, m])
+                if medians is not None:
+                    row[f"{source}_{metric}_frames"] = float(medians[k, i, m])
+            row[f"{source}_sdr_mixture"] = float(scores[n, i, 0])
+        rows.append(row)
+    return rows
 
 
 def score_alpha_grid(
@@ -119,23 +143,23 @@ def score_alpha_grid(
     sample_rate: int | None = None,
     mode: str = "binary",
 ) -> list[dict[str, float]]:
-    """Score one song's soft mask at every alpha of a grid (paper Eq. 2 masks, then BSS-EVAL).
+    """Score one song held whole at every alpha of a grid (paper Eq. 2 masks, then BSS-EVAL).
 
     mixture_stft: (n_bins, n_frames) complex; probability: (n_bins, n_frames) vocal probability;
     references: (2, n_samples) [vocals, accompaniment]; mixture: (n_samples,). One row per alpha
     (`mask`, `alpha` and the columns of the module docstring; framewise ones only with `sample_rate`).
-    `mode` is the mask mode of `karaoke.masks.alpha_masks` ("binary": Eq. 2).
+    `mode` is the mask mode of `karaoke.masks.alpha_masks` ("binary": Eq. 2). Every alpha's
+    estimates are held at once (2 x n_alphas signals); a song of any length is scored in blocks by
+    `karaoke.song_scoring`.
     """
     from karaoke.masks import masks_to_audio
 
     n_samples = len(mixture)
-    scorer = SongScorer(references, mixture, sample_rate)
-    rows = []
-    # One alpha at a time: a whole sweep of a long song would hold gigabytes of estimates.
-    for alpha in alphas:
-        estimates = np.stack(masks_to_audio(mixture_stft, probability, alpha, stft_cfg, n_samples, mode))
-        rows.append({"mask": mode, "alpha": float(alpha), **scorer.score(estimates[None])[0]})
-    return rows
+    estimates = np.stack(
+        [np.stack(masks_to_audio(mixture_stft, probability, alpha, stft_cfg, n_samples, mode)) for alpha in alphas]
+    )
+    rows = score_separations(lambda: [(np.asarray(references), estimates, mixture)], sample_rate)
+    return [{"mask": mode, "alpha": float(alpha), **row} for alpha, row in zip(alphas, rows)]
 
 
 def confidence_interval(values: Iterable[float], level: float = 0.95) -> tuple[float, float, float]:

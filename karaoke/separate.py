@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from karaoke.audio import BlockSource, file_blocks
 from karaoke.config import ExperimentConfig
-from karaoke.errors import AudioError, OutputError
+from karaoke.errors import OutputError
 from karaoke.fullband import HIGH_BAND, HighBand, MaskGrid, input_stft
 from karaoke.masks import MaskMode, alpha_masks
 from karaoke.streaming import Framer, OverlapAdd
-
-BlockSource = Callable[[], Iterable[np.ndarray]]
 
 
 class _ModelRateMono:
@@ -187,28 +186,6 @@ def separate_audio(
     if audio.ndim == 1:
         vocals, accompaniment = vocals[0], accompaniment[0]
     return Separation(vocals, accompaniment, probability, rate)
-
-
-def file_blocks(path: str, block_seconds: float) -> BlockSource:
-    """Blocks (n_channels, n) of a file (a local path or URL) at its own rate; `AudioError` naming
-    it when it cannot be decoded, is truncated (as `karaoke prepare` refuses it) or holds NaN or Inf."""
-    from karaoke.audio import check_decoded_length, open_sound
-
-    def blocks() -> Iterator[np.ndarray]:
-        with open_sound(path) as handle:
-            size, decoded = max(int(block_seconds * handle.samplerate), 1), 0
-            while True:
-                data = handle.read(size, dtype="float32", always_2d=True)
-                decoded += data.shape[0]
-                if not np.all(np.isfinite(data)):
-                    raise AudioError(f"{path}: audio contains NaN or Inf samples")
-                if data.shape[0]:
-                    yield data.T
-                if data.shape[0] < size:
-                    check_decoded_length(handle.frames, decoded, path)
-                    return
-
-    return blocks
 
 
 def make_folder(folder: Path) -> list[Path]:

@@ -78,6 +78,20 @@ def exists(location: str | Path) -> bool:
     return fs.exists(path)
 
 
+def unreachable(location: str | Path) -> str | None:
+    """Why the storage holding `location` does not answer ("EndpointConnectionError: ..." for an
+    s3:// endpoint that is down), or None when it does: its parent is listed, with the client's
+    own retries (`exists` would not do: s3fs answers False for a bucket it cannot reach)."""
+    try:
+        fs, path = open_fs(location)
+        fs.ls(posixpath.dirname(path) or path)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - whatever the client raises is the answer
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def read_json(location: str | Path) -> Any:
     """The JSON document at a path or URL, or None when there is none."""
     fs, path = open_fs(location)

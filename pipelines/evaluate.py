@@ -5,12 +5,14 @@ one split, one parallel Ray task per (song, separator), into RUN/scores/ (the la
         [--dataset DATASET] [--dnn CHECKPOINT] [--nmf CHECKPOINT] [--no-ibm] [--set key=value ...]
 
 Songs come from the prepared dataset (`--dataset`, its `songs/<split>/` shards) or, without one,
-straight from the config's corpus. Each task computes the estimator's vocal probability once and
-scores it (`score_song`: binary masks at every alpha, soft masks once when the config uses them)
-whole-song and framewise (1 s) with the fast engine. Written, each through a rename:
-RUN/scores/scores.parquet (one row per method, song, mask and alpha), summary.json (mean and 95%
-confidence interval across songs per method, mask and alpha, and GNSDR/GSIR/GSAR), excerpt.npz
-(Figure 1: 1.5 s of the first song separated by the DNN, see `excerpt_arrays`) and config.yaml. A method is given as (name, checkpoint): ("ibm", None),
+straight from the config's corpus, whose stems each task reads in blocks: the driver holds only the
+songs' names. Each task computes the estimator's vocal probability once and scores it (`score_song`:
+binary masks at every alpha, soft masks once when the config uses them) whole-song and framewise
+(1 s) with the fast engine, in the memory of a block whatever the song's length
+(`karaoke.song_scoring`). Written, each through a rename: RUN/scores/scores.parquet (one row per
+method, song, mask and alpha), summary.json (mean and 95% confidence interval across songs per
+method, mask and alpha, and GNSDR/GSIR/GSAR), excerpt.npz (Figure 1: 1.5 s of the first song
+separated by the DNN) and config.yaml. A method is given as (name, checkpoint): ("ibm", None),
 ("dnn", folder or URL), ("nmf", folder or URL).
 """
 
@@ -22,34 +24,43 @@ from typing import Any
 
 import numpy as np
 
-EXCERPT_SECONDS = 1.5
+# Block length of a song held whole (a prepared dataset's) as it is scored.
+BLOCK_SECONDS = 10.0
 
 
 def score_song(song, method: str, checkpoint: str | None, config, excerpt: bool = False) -> dict[str, Any]:
-    """Scores rows of one song and method (and the excerpt arrays if asked).
+    """Scores rows of one song and method (and Figure 1's excerpt if asked, see
+    `karaoke.song_scoring.score_song`). `song` is a corpus `Song`, read from its stems in blocks,
+    or the URL of a prepared dataset's song shard.
 
     Binary masks (Eq. 2) at every alpha of `evaluation.alphas`, and with `evaluation.mask` "soft"
     the soft masks once (at `evaluation.alpha`, which they ignore). The IBM does not depend on alpha
     or on the mask mode: it is scored once, binary at `evaluation.alpha`.
     """
-    from karaoke.metrics import score_alpha_grid
-    from karaoke.estimators import load_estimator, song_probability
+    from karaoke.estimators import load_estimator
+    from karaoke.song_scoring import score_song as score_audio
 
     torch_threads(1)
-    evaluation = config.evaluation
-    features, probability = song_probability(load_estimator(method, checkpoint, config), song, config)
-    mixture_stft = features.mixture_stft
-    references = np.stack([song.vocals, song.accompaniment])
-    rows = []
-    for mode, alphas in scored_grid(method, evaluation):
-        rows += score_alpha_grid(
-            mixture_stft, probability, references, song.mixture, alphas, config.stft, song.sample_rate, mode
-        )
-    meta = {"method": method, "song_id": song.song_id, "split": song.split, "seconds": song.seconds}
-    result: dict[str, Any] = {"rows": [meta | row for row in rows]}
-    if excerpt:
-        result["excerpt"] = excerpt_arrays(song, mixture_stft, probability, method, config)
+    audio = song_audio(song, config)
+    estimator = load_estimator(method, checkpoint, config)
+    scores = score_audio(audio, estimator, config, scored_grid(method, config.evaluation), excerpt)
+    meta = {"method": method, "song_id": audio.song_id, "split": audio.split, "seconds": scores.seconds}
+    result: dict[str, Any] = {"rows": [meta | row for row in scores.rows]}
+    if scores.excerpt is not None:
+        result["excerpt"] = scores.excerpt
     return result
+
+
+def song_audio(song, config):
+    """The `karaoke.mixing.SongAudio` of a corpus `Song` (streamed from its stems) or of a dataset's song shard URL."""
+    from karaoke.mixing import song_audio as held_whole
+
+    if isinstance(song, str):
+        from karaoke.dataset import read_song
+
+        whole = read_song(song)
+        return held_whole(whole, round(BLOCK_SECONDS * whole.sample_rate))
+    return song.audio(config.corpus.sample_rate, config.corpus.mixing)
 
 
 def scored_grid(method: str, evaluation) -> list[tuple[str, tuple[float, ...]]]:
@@ -60,33 +71,6 @@ def scored_grid(method: str, evaluation) -> list[tuple[str, tuple[float, ...]]]:
     return grid + [("soft", (evaluation.alpha,))] if evaluation.mask == "soft" else grid
 
 
-def excerpt_arrays(song, mixture_stft: np.ndarray, probability: np.ndarray, method: str, config) -> dict[str, Any]:
-    """Figure 1's data: `EXCERPT_SECONDS` of the song where its vocals are loudest, the sources
-    and the method's binary-mask (Eq. 2) estimates at `evaluation.alpha` (the paper's figure)."""
-    from karaoke.masks import masks_to_audio
-
-    alpha = config.evaluation.alpha
-    vocals, accompaniment = masks_to_audio(mixture_stft, probability, alpha, config.stft, len(song.mixture), "binary")
-    n = min(len(song.mixture), int(EXCERPT_SECONDS * song.sample_rate))
-    energy = np.concatenate([[0.0], np.cumsum(np.asarray(song.vocals, dtype=np.float64) ** 2)])
-    start = int(np.argmax(energy[n:] - energy[:-n])) if len(energy) > n else 0
-    part = slice(start, start + n)
-    return {
-        "mixture": song.mixture[part],
-        "vocals": song.vocals[part],
-        "accompaniment": song.accompaniment[part],
-        "vocals_estimate": vocals[part],
-        "accompaniment_estimate": accompaniment[part],
-        "sample_rate": song.sample_rate,
-        "n_fft": config.stft.n_fft,
-        "hop_length": config.stft.hop_length,
-        "song_id": song.song_id,
-        "start_seconds": start / song.sample_rate,
-        "method": method,
-        "alpha": alpha,
-    }
-
-
 def torch_threads(n: int) -> None:
     """Parallel tasks on a small machine: one thread each, or they fight over the cores."""
     import torch
@@ -94,16 +78,17 @@ def torch_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def load_split_songs(config, dataset: str | None, split: str) -> list:
-    """The songs of a split: from a prepared dataset, else from the config's corpus."""
+def split_songs(config, dataset: str | None, split: str) -> list:
+    """The songs of a split, each as `score_song` takes it: a prepared dataset's song shard URLs,
+    else the config's corpus `Song`s (its files are read by the tasks)."""
     if dataset is not None:
-        from karaoke.dataset import read_songs
+        from karaoke.dataset import song_files
 
-        return read_songs(dataset, split)
+        return song_files(dataset, split)
     from karaoke.corpora import generate_corpus, list_songs
 
     generate_corpus(config.corpus)
-    return [s.load(config.corpus.sample_rate, config.corpus.mixing) for s in list_songs(config.corpus, split)]
+    return list_songs(config.corpus, split)
 
 
 def evaluate(
@@ -119,7 +104,7 @@ def evaluate(
 
     if not methods:
         raise KaraokeError("nothing to evaluate: give --dnn and/or --nmf checkpoints, or keep the IBM")
-    songs = load_split_songs(config, dataset, config.evaluation.split)
+    songs = split_songs(config, dataset, config.evaluation.split)
     if not songs:
         raise KaraokeError(f"no songs in split {config.evaluation.split!r}; set evaluation.split to one that has songs")
     if is_url(out_dir):
@@ -144,10 +129,10 @@ def _score(config, scores_dir: Path, methods: list[tuple[str, str | None]], song
     names = [method for method, _ in methods]
     pictured = names.index("dnn") if "dnn" in names else 0
     futures = []
-    for k, song in enumerate(songs):
+    for song in songs:
         song_ref = ray.put(song)
         for p, (method, checkpoint) in enumerate(methods):
-            futures.append(task.remote(song_ref, method, checkpoint, config_ref, excerpt=(k == 0 and p == pictured)))
+            futures.append(task.remote(song_ref, method, checkpoint, config_ref, excerpt=(p == pictured)))
     results = _gather(futures, f"scoring {len(songs)} songs x {len(methods)} methods")
     rows = [row for result in results for row in result["rows"]]
 
@@ -158,7 +143,8 @@ def _score(config, scores_dir: Path, methods: list[tuple[str, str | None]], song
     save_config(config, scores_dir / "config.yaml")
     # Undefined statistics (NaN: e.g. one song, no interval) become null: strict JSON.
     write_json(scores_dir / "summary.json", summary)
-    (excerpt,) = [result["excerpt"] for result in results if "excerpt" in result]
+    # Figure 1 shows the first song by id.
+    excerpt = min((result["excerpt"] for result in results if "excerpt" in result), key=lambda e: str(e["song_id"]))
     write_file(scores_dir / "excerpt.npz", lambda handle: np.savez(handle, **excerpt))
     # The table is written last: its presence means the evaluation finished.
     return write_scores(rows, scores_dir / "scores.parquet")
@@ -166,9 +152,12 @@ def _score(config, scores_dir: Path, methods: list[tuple[str, str | None]], song
 
 def _gather(futures: list, description: str) -> list:
     """`ray.get(futures)` in order, with a progress bar as tasks finish: scoring the NMF on a
-    validation split takes tens of minutes on a small machine."""
+    validation split takes tens of minutes on a small machine. A task's `KaraokeError` (a song's
+    file that cannot be read, named in its one line) is raised as itself, without Ray's traceback."""
     import ray
     from tqdm import tqdm
+
+    from karaoke.errors import KaraokeError
 
     index = {future: k for k, future in enumerate(futures)}
     results: list = [None] * len(futures)
@@ -177,7 +166,12 @@ def _gather(futures: list, description: str) -> list:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for future in done:
-                results[index[future]] = ray.get(future)
+                try:
+                    results[index[future]] = ray.get(future)
+                except ray.exceptions.RayTaskError as exc:
+                    if isinstance(exc.cause, KaraokeError):
+                        raise exc.cause from None
+                    raise
             bar.update(len(done))
     return results
 

@@ -131,16 +131,24 @@ def follow_training(
 
         def watch() -> None:
             while not stop.wait(POLL_SECONDS):
-                follower.poll()
+                try:
+                    follower.poll()
+                except Exception:  # noqa: BLE001 - the progress lines wait for the next poll; training reports its own failure
+                    continue
 
         thread = threading.Thread(target=watch, name="karaoke-follow", daemon=True)
         thread.start()
         try:
             yield
-        finally:
+        except BaseException:
+            # The block's failure is the one to report: no last poll of storage that may be what failed.
             stop.set()
             thread.join()
-            follower.poll()
             writer.close()
-            if is_url(run_dir):
-                upload_folder(staging, join(run_dir, "tensorboard"))
+            raise
+        stop.set()
+        thread.join()
+        follower.poll()
+        writer.close()
+        if is_url(run_dir):
+            upload_folder(staging, join(run_dir, "tensorboard"))

@@ -40,6 +40,7 @@ from pipelines.run_stages import (
     check_tune,
     guard,
     run_stage,
+    storage_errors,
 )
 
 # The alpha chosen per method maximises the mean over songs of the average of the vocal and the
@@ -210,13 +211,21 @@ def tuned_config(run: Run) -> Run | None:
 
 
 def run_experiment(config, run_dir: str) -> str:
-    """Run (or resume) every stage of `config` into `run_dir`; returns the run directory."""
-    from karaoke.config import config_from_dict, save_config
-    from karaoke.dataset import DatasetError, split_files
-    from karaoke.storage import is_url, join, read_json
-    from pipelines.ray_runtime import connect
+    """Run (or resume) every stage of `config` into `run_dir`; returns the run directory. Storage
+    that stops answering is a `StorageError` (`pipelines.run_stages.storage_errors`)."""
+    from karaoke.storage import is_url
 
     root = run_dir if is_url(run_dir) else os.path.abspath(run_dir)
+    with storage_errors(Run(root, config), "the run"):
+        return _every_stage(config, root)
+
+
+def _every_stage(config, root: str) -> str:
+    from karaoke.config import config_from_dict, save_config
+    from karaoke.dataset import DatasetError, split_files
+    from karaoke.storage import join, read_json
+    from pipelines.ray_runtime import connect
+
     run = Run(root, config)
     # A run refused for training of another model in its folders changes nothing, not even config.yaml.
     trained = tuned_config(run) if config.tune.num_samples > 0 else run

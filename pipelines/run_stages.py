@@ -5,7 +5,8 @@ guard that keeps training of another model from being resumed or overwritten."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,21 +54,45 @@ def run_stage(run: Run, stage: str, number: int, check: Callable[[], str], work:
     from karaoke.storage import write_json
 
     print(f"\n[{number}/{len(STAGE_SECTIONS)}] {stage}", flush=True)
-    record = finished(run, stage, check)
-    if record is not None:
-        return record
-    start = time.perf_counter()
-    outputs = work()
-    record = {
-        "stage": stage,
-        "digest": digest(run.config, stage),
-        "seconds": round(time.perf_counter() - start, 1),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **outputs,
-    }
-    write_json(run.path("stages", f"{stage}.json"), record)
+    with storage_errors(run, f"the {stage} stage"):
+        record = finished(run, stage, check)
+        if record is not None:
+            return record
+        start = time.perf_counter()
+        outputs = work()
+        record = {
+            "stage": stage,
+            "digest": digest(run.config, stage),
+            "seconds": round(time.perf_counter() - start, 1),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **outputs,
+        }
+        write_json(run.path("stages", f"{stage}.json"), record)
     print(f"  finished in {record['seconds']:.1f} s", flush=True)
     return record
+
+
+@contextmanager
+def storage_errors(run: Run, during: str) -> Iterator[None]:
+    """A failure while the run's storage does not answer (an s3:// endpoint down, wrapped in
+    whatever layer met it: a Ray task, a Train worker, s3fs, pyarrow) is `StorageError`, one line
+    naming the storage and its client's reason; any other failure passes unchanged. A stage records
+    itself only once its outputs are written, so the same command resumes once the storage answers."""
+    from karaoke.errors import KaraokeError, StorageError
+    from karaoke.storage import unreachable
+
+    try:
+        yield
+    except KaraokeError:
+        raise
+    except Exception:
+        reason = unreachable(run.root)
+        if reason is None:
+            raise
+        raise StorageError(
+            f"{run.root}: the run's storage stopped answering during {during} ({reason}); the stages "
+            "finished before are kept: run the same command again once it answers"
+        ) from None
 
 
 # --- checks: what a finished stage's outputs must pass --------------------------------------------

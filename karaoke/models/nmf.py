@@ -24,14 +24,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
 from karaoke.config import CHECKPOINT_SECTIONS, ExperimentConfig
 from karaoke.errors import CheckpointError
-from karaoke.masks import pad_frames, sliding_windows
+from karaoke.masks import sliding_windows
+
+if TYPE_CHECKING:
+    from karaoke.inference import WindowAverage
 
 # Floor of W and H, and of the update denominators: keeps W H > 0 (silent input, dead bases), so
 # nothing is NaN. EPS^2 is still a normal float32.
@@ -291,6 +294,44 @@ def _fit_until_converged(
     return fitted
 
 
+def nmf_probability_stream(
+    W_v: torch.Tensor,
+    W_nv: torch.Tensor,
+    window_frames: int,
+    iterations: int,
+    seed: int,
+    mean: float,
+    chunk_windows: int = DEFAULT_CHUNK_WINDOWS,
+    tolerance: float = 0.0,
+    precision: Precision = "float32",
+) -> WindowAverage:
+    """The NMF's soft vocal mask over a stream of unit-scale mixture-magnitude frames (n_bins, k):
+    a `karaoke.inference.WindowAverage` whose prediction for each hop-1 window is
+    S_v = W_v H_v / (W_v H_v + W_nv H_nv), H fitted for W = [W_v W_nv] (`fit_activations`, with its
+    `tolerance` and `precision`), seeded by the window's number. `mean` is the song's mean over its
+    windows (`karaoke.masks.window_mean`), which sets H's initial scale, so it is needed before the
+    first frame. Windows are fitted `chunk_windows` at a time on W's device (two
+    (n_bins * T, chunk_windows) float32 buffers); the result does not depend on it."""
+    from karaoke.inference import WindowAverage
+
+    device, n_components = W_v.device, W_v.shape[1]
+    W = torch.cat([W_v, W_nv], dim=1).float().clamp_min(EPS)
+    W_v, W_nv = W[:, :n_components], W[:, n_components:]
+
+    def predict(windows: torch.Tensor, first: int) -> torch.Tensor:
+        b, n_bins, T = windows.shape
+        if n_bins * T != W.shape[0]:
+            raise ValueError(f"bases {tuple(W_v.shape)} / {tuple(W_nv.shape)} do not fit {n_bins} bins x {T} frames")
+        V = windows.reshape(b, -1).T.contiguous()  # bin-major columns (n_bins * T, b)
+        keys = np.arange(first, first + b, dtype=np.uint64)
+        H = fit_activations(V, W, iterations, seed, keys, max(mean, EPS), tolerance, precision)
+        vocal = W_v @ H[:n_components]
+        mask = vocal / (vocal + W_nv @ H[n_components:] + EPS)
+        return mask.T.reshape(b, n_bins, T)
+
+    return WindowAverage(predict, window_frames, chunk_windows, device)
+
+
 def nmf_vocal_probability(
     mixture: np.ndarray,
     W_v: torch.Tensor,
@@ -302,39 +343,20 @@ def nmf_vocal_probability(
     tolerance: float = 0.0,
     precision: Precision = "float32",
 ) -> np.ndarray:
-    """Soft vocal mask (n_bins, n_frames) of a unit-scale mixture magnitude (n_bins, n_frames).
+    """Soft vocal mask (n_bins, n_frames) of a whole unit-scale mixture magnitude (n_bins, n_frames):
+    `nmf_probability_stream` given every frame at once; bin (f, t) takes the mean of the S_v of every
+    window covering it (Eq. 1)."""
+    from karaoke.masks import window_mean
 
-    Each hop-1 window gets S_v = W_v H_v / (W_v H_v + W_nv H_nv) with H fitted for W = [W_v W_nv]
-    (`fit_activations`, with its `tolerance` and `precision`); bin (f, t) takes the mean of the S_v
-    of every window covering it (Eq. 1). Windows are fitted in chunks of `chunk_windows` columns (on
-    W's device) to bound memory (two (n_bins * T, chunk_windows) float32 buffers); the result does
-    not depend on it.
-    """
-    n_bins, n_frames = mixture.shape
+    n_bins = mixture.shape[0]
     if W_v.shape != W_nv.shape or W_v.shape[0] != n_bins * window_frames:
         raise ValueError(
             f"bases {tuple(W_v.shape)} / {tuple(W_nv.shape)} do not fit {n_bins} bins x {window_frames} frames"
         )
-    device, n_components = W_v.device, W_v.shape[1]
-    W = torch.cat([W_v, W_nv], dim=1).float().clamp_min(EPS)
-    W_v, W_nv = W[:, :n_components], W[:, n_components:]
-    columns = unpack_windows(pad_frames(mixture.astype(np.float32, copy=False), window_frames), window_frames)
-    n_windows = columns.shape[1]
-    mean = float(columns.mean()) if columns.size else 0.0
-    total = torch.zeros(n_bins, n_windows + window_frames - 1, dtype=torch.float64, device=device)
-    for start in range(0, n_windows, chunk_windows):
-        V = torch.from_numpy(columns[:, start : start + chunk_windows]).to(device)
-        keys = np.arange(start, start + V.shape[1], dtype=np.uint64)
-        H = fit_activations(V, W, iterations, seed, keys, max(mean, EPS), tolerance, precision)
-        vocal = W_v @ H[:n_components]
-        mask = vocal / (vocal + W_nv @ H[n_components:] + EPS)
-        # Window i covers frames i .. i+T-1: add its frame `offset` to frame i + offset.
-        mask = mask.T.reshape(-1, n_bins, window_frames)
-        for offset in range(window_frames):
-            total[:, start + offset : start + offset + mask.shape[0]] += mask[:, :, offset].T
-    counts = np.convolve(np.ones(n_windows), np.ones(window_frames))
-    probability = (total.cpu().numpy() / counts).astype(np.float32)
-    return probability[:, :n_frames]
+    mixture = np.asarray(mixture, dtype=np.float32)
+    mean = window_mean(mixture.sum(0, dtype=np.float64), n_bins, window_frames)
+    stream = nmf_probability_stream(W_v, W_nv, window_frames, iterations, seed, mean, chunk_windows, tolerance, precision)
+    return torch.cat([stream.push(torch.from_numpy(mixture)), stream.finish()], -1).cpu().numpy()
 
 
 def save_bases(directory: str | Path, W: torch.Tensor, config: ExperimentConfig, **extra) -> Path:

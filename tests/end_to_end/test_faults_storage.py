@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,15 +54,19 @@ def _start_moto(port: int) -> subprocess.Popen:
             time.sleep(0.1)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture
 def own_s3(monkeypatch):
-    """(port, start function) of a moto endpoint this test may kill and restart; AWS_* point at it."""
+    """(port, start function, servers) of a moto endpoint this test may kill and restart; AWS_* point at it."""
     pytest.importorskip("moto.server")
     import s3fs
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _free_port()
     for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(key, value)
@@ -146,6 +151,168 @@ def test_s3_endpoint_killed_mid_write_fails_clearly_then_rerun_is_complete(own_s
         if counts["windows"]:
             assert len(read_windows(dataset, split, ["song_id"])["song_id"]) == counts["windows"]
     assert len(read_songs(dataset, "test")) == manifest["splits"]["test"]["songs"] > 0
+
+
+# A TCP relay: the endpoint address clients use, in front of a moto server that keeps its data.
+RELAY = """
+import asyncio, sys
+
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+async def serve(reader, writer):
+    try:
+        upstream = await asyncio.open_connection("127.0.0.1", int(sys.argv[2]))
+    except OSError:
+        writer.close()
+        return
+    await asyncio.gather(pipe(reader, upstream[1]), pipe(upstream[0], writer), return_exceptions=True)
+
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", int(sys.argv[1]))
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def _start_relay(port: int, target: int) -> subprocess.Popen:
+    """A relay on 127.0.0.1:`port` to `target`, answering once it accepts connections."""
+    proc = subprocess.Popen([sys.executable, "-c", RELAY, str(port), str(target)])
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"relay did not start on port {port}")
+            time.sleep(0.05)
+
+
+RUN_STAGES = ("prepare", "dnn", "nmf", "alpha", "evaluate", "report")
+
+
+@pytest.mark.slow
+def test_s3_endpoint_down_during_training_then_back_with_its_data_the_rerun_completes(monkeypatch, tmp_path):
+    """Fault: the S3 endpoint of `karaoke run --out s3://...` goes down once the first DNN checkpoint
+    is in the bucket (the endpoint's process is killed: every connection drops, new ones are
+    refused), then comes back with its data, as an S3 outage ends. The endpoint is a relay in front
+    of a moto server that keeps its objects: moto's own persistence (its request recorder, replayed
+    on restart) loses concurrent multipart uploads, whose replayed upload ids differ from the
+    recorded ones, and a store that comes back empty is the prepare test's case. Expected: the run
+    exits non-zero within a bounded time with one line naming the endpoint and no traceback; the
+    same command again resumes training from its checkpoint and completes, and the run holds each
+    stage's record once, made with the config used, a DNN history of every epoch once, and one
+    score row per song, method, mask and alpha."""
+    pytest.importorskip("moto.server")
+    import boto3
+    import s3fs
+    import yaml
+
+    from karaoke.config import save_config
+    from karaoke.corpora.synth import write_synth_corpus
+    from karaoke.report import read_scores
+    from karaoke.storage import local_copy, read_json
+    from pipelines.evaluate import scored_grid
+    from pipelines.run import scored_evaluation
+    from pipelines.run_stages import digest
+
+    moto_port, endpoint_port = _free_port(), _free_port()
+    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{endpoint_port}", "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    corpus = write_synth_corpus(tmp_path / "corpus", n_songs=5, seed=0, seconds=6.0, sample_rate=16000)
+    epochs = 6
+    config = config_from_dict(small_config_dict(
+        str(corpus), corpus={"valid_fraction": 0.25}, train={"epochs": epochs},
+        evaluation={"alphas": [0.3, 0.7], "split": "test"},
+    ))
+    save_config(config, tmp_path / "config.yaml")
+    run = "s3://faults/run"
+    command = [sys.executable, "-m", "karaoke_cli", "run", "--config", str(tmp_path / "config.yaml"), "--out", run]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+    processes = [_start_moto(moto_port), _start_relay(endpoint_port, moto_port)]
+    try:
+        # The test itself talks to moto directly: it sees the bucket while the endpoint is down.
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{moto_port}")
+        s3.create_bucket(Bucket="faults")
+
+        def keys(prefix: str = "run/") -> list[str]:
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket="faults", Prefix=prefix)
+            return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+        job = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 600
+            while "run/dnn/epoch_0001/checkpoint.json" not in keys("run/dnn/"):
+                assert job.poll() is None, "the run ended before its first DNN checkpoint"
+                assert time.monotonic() < deadline, "no DNN checkpoint within 600 s"
+                time.sleep(0.05)
+            processes[1].kill()
+            processes[1].wait()
+            down = time.monotonic()
+            Path("/tmp/h18moto/keys_at_kill.txt").write_text("\n".join(keys("run/dnn/")))  # DEBUG
+            output, _ = job.communicate(timeout=600)
+            failed_after = time.monotonic() - down
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+        assert "run/stages/dnn.json" not in keys("run/stages/"), "training finished before the endpoint went down"
+        Path("/tmp/h18moto/out.txt").write_text(output)  # DEBUG
+        errors = [line for line in output.splitlines() if line.startswith("error: ")]
+        assert job.returncode != 0 and len(errors) == 1 and "Traceback" not in output, output[-3000:]
+        assert f"127.0.0.1:{endpoint_port}" in errors[0] and "during the dnn stage" in errors[0], errors[0]
+        assert failed_after < 300, f"the run took {failed_after:.0f} s to give up"
+
+        # The endpoint comes back: the same command resumes training and completes.
+        processes[1] = _start_relay(endpoint_port, moto_port)
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        Path("/tmp/h18moto/rerun.txt").write_text(done.stdout + "\n=====STDERR\n" + done.stderr)  # DEBUG
+        Path("/tmp/h18moto/keys_after.txt").write_text("\n".join(keys("run/dnn/")))  # DEBUG
+        assert "resuming from s3://faults/run/dnn/epoch_" in done.stdout, done.stdout[-3000:]
+
+        stored = keys()
+        assert config_from_dict(yaml.safe_load(s3.get_object(Bucket="faults", Key="run/config.yaml")["Body"].read())) == config
+        records = sorted(key for key in stored if key.startswith("run/stages/"))
+        assert records == sorted(f"run/stages/{stage}.json" for stage in RUN_STAGES)
+        for stage in RUN_STAGES:
+            assert read_json(f"{run}/stages/{stage}.json")["digest"] == digest(config, stage), stage
+        cards = sorted(key for key in stored if key.startswith("run/dnn/epoch_") and key.endswith("/checkpoint.json"))
+        assert cards[-1] == f"run/dnn/epoch_{epochs:04d}/checkpoint.json"
+        history = json.loads(s3.get_object(Bucket="faults", Key=cards[-1])["Body"].read())["history"]
+        assert [entry["epoch"] for entry in history] == list(range(1, epochs + 1))
+        assert len(read_json(f"{run}/nmf/objective.json")) == config.nmf.train_iterations
+        for split, folder in (("valid", "valid/scores"), ("test", "scores")):
+            evaluation = scored_evaluation(config, split)
+            with local_copy(f"{run}/{folder}") as local:
+                rows = read_scores(local / "scores.parquet")
+                scored = config_from_dict(yaml.safe_load((local / "config.yaml").read_text()))
+            assert scored == replace(config, evaluation=evaluation)
+            found = [(r["method"], r["mask"], round(r["alpha"], 6), r["song_id"]) for r in rows]
+            assert len(found) == len(set(found)), f"duplicate {split} scores"
+            songs = {r["song_id"] for r in rows}
+            assert len(songs) == 1 and set(found) == {
+                (m, mode, round(a, 6), song) for m in ("dnn", "nmf", "ibm")
+                for mode, alphas in scored_grid(m, evaluation) for a in alphas for song in songs
+            }
+        assert set(read_json(f"{run}/results.json")["methods"]) == {"dnn", "nmf", "ibm"}
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        for proc in processes:
+            proc.kill()
+            proc.wait()
 
 
 def test_manifest_is_refused_when_a_listed_shard_is_gone(tmp_path, small_config):

@@ -49,7 +49,7 @@ def test_loaded_checkpoints_give_the_models_own_probabilities(small_config, song
 
     nmf_estimator = load_estimator("nmf", str(tmp_path / "nmf"), small_config)
     expected = nmf_vocal_probability(features.mixture, W[0], W[1], n_frames, nmf.test_iterations, nmf.seed)
-    np.testing.assert_allclose(nmf_estimator.vocal_probability(features), expected, atol=1e-6)
+    np.testing.assert_allclose(song_probability(nmf_estimator, song, small_config)[1], expected, atol=1e-6)
     assert probability.shape == expected.shape == features.mixture.shape
 
 

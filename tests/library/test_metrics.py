@@ -14,12 +14,12 @@ from karaoke.masks import masks_to_audio
 from karaoke.metrics import (
     SCORE_COLUMNS,
     Scores,
-    SongScorer,
     bss_eval_mir_eval,
     confidence_interval,
     framewise_median,
     global_scores,
     score_alpha_grid,
+    score_separations,
     summarise,
 )
 
@@ -78,7 +78,7 @@ def test_fast_and_mir_eval_scores_agree_on_a_synthetic_song(small_config):
 
 def test_scorer_rejects_mismatched_references():
     with pytest.raises(ValueError, match="must be"):
-        SongScorer(np.zeros((2, 100)), np.zeros(99))
+        score_separations(lambda: [(np.zeros((2, 100)), np.zeros((1, 2, 100)), np.zeros(99))])
 
 
 def test_framewise_median_skips_silent_windows_quietly():

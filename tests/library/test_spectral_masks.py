@@ -113,3 +113,18 @@ def test_apply_mask_and_unit_scale():
     assert np.array_equal(apply_mask(spec, mask), np.array([[1 + 1j, 0], [0, -4]], dtype=np.complex64))
     assert unit_scale(np.abs(spec)) == 4.0
     assert unit_scale(np.zeros((3, 3))) == 1.0
+
+
+def test_window_mean_of_frames_in_blocks_is_the_mean_over_the_padded_windows():
+    from karaoke.masks import WindowMean, window_mean
+
+    rng = np.random.default_rng(0)
+    for n_frames in (1, 19, 20, 21, 40, 41, 300):
+        for window_frames in (1, 3, 20):
+            spec = rng.random((7, n_frames))
+            expected = sliding_windows(pad_frames(spec, window_frames), window_frames).mean()
+            mean = WindowMean(7, window_frames)
+            for start in range(0, n_frames, 4):
+                mean.push(spec[:, start : start + 4].sum(0))
+            assert mean.value() == pytest.approx(expected, rel=1e-12)
+            assert window_mean(spec.sum(0), 7, window_frames) == pytest.approx(expected, rel=1e-12)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from karaoke.bss_engine import EXPLICIT_ABOVE_DB
 from karaoke.config import config_from_dict
 from karaoke.corpora import list_songs
 from karaoke.features import song_features
@@ -148,7 +149,40 @@ def test_evaluate_command_scores_a_trained_nmf_checkpoint(ray_session, config, n
     stored = sorted((r for r in rows if r["song_id"] == song.song_id), key=lambda r: r["alpha"])
     for got, want in zip(stored, direct, strict=True):
         for key, value in want.items():
+            if key != "mask" and value > EXPLICIT_ABOVE_DB:
+                # An estimate with almost no artefacts (p above a low alpha nearly everywhere): its
+                # SAR measures float32 rounding, which the task's blockwise overlap-add and the
+                # whole-song inverse STFT do differently.
+                assert got[key] > EXPLICIT_ABOVE_DB, key
+                continue
             # float32 NMF updates on another thread count: last-digit differences, far below 0.01 dB
             assert got[key] == (value if key == "mask" else pytest.approx(value, rel=1e-4, abs=1e-3, nan_ok=True))
     summary = json.loads((tmp_path / "scores" / "summary.json").read_text())
     assert {(s["method"], s["mask"], s["alpha"]) for s in summary} == {("nmf", "binary", a) for a in (0.2, 0.5, 0.8)}
+
+
+@pytest.mark.slow
+def test_a_truncated_stem_in_the_corpus_is_one_line_naming_it(ray_session, tmp_path, capsys):
+    """Fault: a stem of a corpus song cut to half its bytes; the scoring task reads it. Expected: the
+    command exits 2 with one line naming the file (the task's error without Ray's traceback), and no
+    scores are written."""
+    import soundfile as sf
+
+    from karaoke.config import save_config
+    from karaoke_cli.main import main
+
+    song = tmp_path / "corpus" / "test" / "song"
+    song.mkdir(parents=True)
+    t = np.arange(32000) / 16000
+    sf.write(song / "vocals.wav", 0.3 * np.sin(2 * np.pi * 440 * t), 16000, subtype="PCM_16")
+    sf.write(song / "accompaniment.wav", 0.3 * np.sin(2 * np.pi * 110 * t), 16000, subtype="PCM_16")
+    cut = song / "accompaniment.wav"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    config = config_from_dict(small_config_dict(str(tmp_path / "corpus"), corpus={"layout": "stems"}))
+    save_config(config, tmp_path / "config.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "run")], standalone_mode=False)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: {cut}: truncated audio") and "Traceback" not in error
+    assert not (tmp_path / "run" / "scores" / "scores.parquet").exists()
