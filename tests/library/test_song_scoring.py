@@ -65,6 +65,7 @@ def test_blocks_give_the_scores_of_the_whole_song(small_config, method, torch_on
 
 SCORE = """
 import json, resource, sys
+from karaoke.config import config_from_dict
 from karaoke.corpora import list_songs
 from karaoke.estimators import IdealBinaryMask
 from karaoke.song_scoring import score_song
