@@ -87,11 +87,12 @@ def newest_card(run_dir: str, steps: Callable[[dict], list[Step]]) -> dict | Non
 
 
 class _Follower:
-    def __init__(self, run_dir: str, steps: Callable[[dict], list[Step]], line, total: int, writer) -> None:
+    def __init__(self, run_dir: str, steps: Callable[[dict], list[Step]], line, total: int, writer, done: int | None = None) -> None:
         self.run_dir, self.steps, self.line, self.total, self.writer = run_dir, steps, line, total, writer
-        card = newest_card(run_dir, steps)
-        done = steps(card) if card else []
-        self.last = max((s["step"] for s in done), default=0)
+        if done is None:
+            card = newest_card(run_dir, steps)
+            done = max((s["step"] for s in steps(card)), default=0) if card else 0
+        self.last = done
         if self.last:
             print(f"  resuming after step {self.last} of {total}", flush=True)
         self.clock = (time.monotonic(), self.last)
@@ -114,11 +115,18 @@ class _Follower:
 
 @contextmanager
 def follow_training(
-    run_dir: str, steps: Callable[[dict], list[Step]], line: Callable[[Step, int, float | None], str], total: int
+    run_dir: str,
+    steps: Callable[[dict], list[Step]],
+    line: Callable[[Step, int, float | None], str],
+    total: int,
+    done: int | None = None,
 ) -> Iterator[None]:
     """Print `line` for every new step of the run's newest card while the block runs (a daemon
     thread polls every `POLL_SECONDS`) and write its scalars as TensorBoard events to
-    `run_dir/tensorboard/` (written locally, uploaded at the end for a URL run)."""
+    `run_dir/tensorboard/` (written locally, uploaded at the end for a URL run).
+
+    `done`: the steps the training resumes after, when the caller knows them (a card of an epoch
+    whose weights never arrived is not one); None reads them from the newest card."""
     from tensorboardX import SummaryWriter
 
     from karaoke.storage import is_url, join, upload_folder
@@ -126,7 +134,7 @@ def follow_training(
     with tempfile.TemporaryDirectory(prefix="karaoke-tensorboard-") as staging:
         events = Path(staging) if is_url(run_dir) else Path(run_dir) / "tensorboard"
         writer = SummaryWriter(str(events))
-        follower = _Follower(run_dir, steps, line, total, writer)
+        follower = _Follower(run_dir, steps, line, total, writer, done)
         stop = threading.Event()
 
         def watch() -> None:

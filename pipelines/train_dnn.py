@@ -218,7 +218,10 @@ def train_dnn(config, dataset: str, run_dir: str, resume: bool = False) -> Train
         datasets,
     )
     try:
-        with follow_training(run_dir, dnn_steps, epoch_line, config.train.epochs):
+        # The epochs done are those of the checkpoint resumed from, not of a newer card whose weights
+        # never arrived (that epoch is trained again).
+        done = int(last.rstrip("/").rsplit("_", 1)[1]) if last else 0
+        with follow_training(run_dir, dnn_steps, epoch_line, config.train.epochs, done):
             result = trainer.fit()
     except Exception as exc:  # a worker's TrainingError arrives wrapped in Ray's error with its traceback
         error = unwrap_error(exc, TrainingError)

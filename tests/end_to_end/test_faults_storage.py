@@ -255,21 +255,20 @@ def test_s3_endpoint_down_during_training_then_back_with_its_data_the_rerun_comp
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 600
-            while "run/dnn/epoch_0001/checkpoint.json" not in keys("run/dnn/"):
+            # The first epoch complete: its card and its weights (an S3 object is listed once whole).
+            while not {"run/dnn/epoch_0001/checkpoint.json", "run/dnn/epoch_0001/model.safetensors"} <= set(keys("run/dnn/")):
                 assert job.poll() is None, "the run ended before its first DNN checkpoint"
                 assert time.monotonic() < deadline, "no DNN checkpoint within 600 s"
                 time.sleep(0.05)
             processes[1].kill()
             processes[1].wait()
             down = time.monotonic()
-            Path("/tmp/h18moto/keys_at_kill.txt").write_text("\n".join(keys("run/dnn/")))  # DEBUG
             output, _ = job.communicate(timeout=600)
             failed_after = time.monotonic() - down
         finally:
             if job.poll() is None:
                 os.killpg(job.pid, signal.SIGKILL)
         assert "run/stages/dnn.json" not in keys("run/stages/"), "training finished before the endpoint went down"
-        Path("/tmp/h18moto/out.txt").write_text(output)  # DEBUG
         errors = [line for line in output.splitlines() if line.startswith("error: ")]
         assert job.returncode != 0 and len(errors) == 1 and "Traceback" not in output, output[-3000:]
         assert f"127.0.0.1:{endpoint_port}" in errors[0] and "during the dnn stage" in errors[0], errors[0]
@@ -279,8 +278,6 @@ def test_s3_endpoint_down_during_training_then_back_with_its_data_the_rerun_comp
         processes[1] = _start_relay(endpoint_port, moto_port)
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-        Path("/tmp/h18moto/rerun.txt").write_text(done.stdout + "\n=====STDERR\n" + done.stderr)  # DEBUG
-        Path("/tmp/h18moto/keys_after.txt").write_text("\n".join(keys("run/dnn/")))  # DEBUG
         assert "resuming from s3://faults/run/dnn/epoch_" in done.stdout, done.stdout[-3000:]
 
         stored = keys()

@@ -86,6 +86,18 @@ def test_a_resumed_run_prints_only_its_new_epochs(tmp_path, capsys):
     assert list(follower.writer.scalars["train_loss"]) == [(3, pytest.approx(0.5 / 3))]
 
 
+def test_a_run_resumed_before_a_card_whose_weights_never_arrived_prints_that_epoch_again(tmp_path, capsys):
+    """Epoch 2's card is there but training resumes after epoch 1 (its weights did not verify):
+    the follower says so and prints epoch 2 when it is trained again."""
+    run = tmp_path / "run"
+    _write_card(run, 1)
+    _write_card(run, 2)
+    follower = _Follower(str(run), dnn_steps, epoch_line, 3, writer=_Writer(), done=1)
+    follower.poll()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "  resuming after step 1 of 3" and [line.split()[1] for line in out[1:]] == ["2/3"]
+
+
 def test_follow_training_writes_tensorboard_events_beside_the_checkpoints(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
