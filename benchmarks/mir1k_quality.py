@@ -28,7 +28,7 @@ The figures in docs/results.md come from these commands (A9 = "evaluation.alphas
     $B $V --score-every 4 --set train.epochs=12 --set train.lr_schedule=cosine
     W="--config configs/mir1k.yaml --threads 1 --valid-every 6 --score-every 4 --set train.epochs=12 --set windows.remixes=3 --set evaluation.alphas=[0.5]"
     $B $W --set train.bin_weight_power=0; $B $W --set train.bin_weight_power=1; $B $W --set train.bin_weight_power=2
-    $B --config configs/mir1k-paper.yaml --valid-every 4 --set train.epochs=10 --json paper.json
+    $B --config configs/mir1k-paper.yaml --set train.optimizer=sgd --set train.learning_rate=0.1 --set train.bin_weight_power=0 --valid-every 4 --set train.epochs=10 --json paper.json
     $B --config configs/mir1k-paper.yaml --no-dnn --nmf --valid-every 2 --also-mask soft --json nmf85.json
     $B --config configs/mir1k-paper.yaml --no-dnn --ibm --valid-every 2 --set "evaluation.alphas=[0.5]" --json ibm.json
     karaoke run --config configs/mir1k.yaml --out runs/mir1k
