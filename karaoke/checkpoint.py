@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,10 +54,14 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     tensor_path = directory / TENSORS
     tmp = directory / f".{TENSORS}.partial"
+    tmp_card = directory / f".{CARD}.partial"
+    # safetensors creates its file 0600; the weights take the mode of a file made under the user's
+    # umask, so that a model exported to share is as readable as its card.
+    tmp_card.touch()
     save_file({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, str(tmp))
+    shutil.copymode(tmp_card, tmp)
     os.replace(tmp, tensor_path)
     card = {"format": FORMAT, "kind": kind, "sha256": _sha256(tensor_path), "config": config_to_dict(config), **extra}
-    tmp_card = directory / f".{CARD}.partial"
     tmp_card.write_text(json.dumps(card, indent=2))
     os.replace(tmp_card, directory / CARD)
     return directory

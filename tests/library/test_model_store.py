@@ -69,6 +69,20 @@ def test_export_writes_float16_weights_a_card_and_a_verified_digest(exported_mod
         model_store.export_model(exported_model.parent.parent / "run", "tiny", exported_model.parent)
 
 
+def test_an_exported_model_is_as_readable_as_the_umask_allows(exported_model, tmp_path):
+    """The weights get a new file's mode under the umask, as the card does (safetensors alone writes 0600)."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        target = model_store.export_model(exported_model, "shared", tmp_path)
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in target.iterdir()}
+    assert modes == {"model.safetensors": 0o644, "checkpoint.json": 0o644}
+
+
 def test_a_model_whose_weights_do_not_match_their_digest_is_refused(exported_model, tmp_path):
     copy = shutil.copytree(exported_model, tmp_path / "copy")
     weights = bytearray((copy / "model.safetensors").read_bytes())
