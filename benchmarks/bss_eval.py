@@ -62,9 +62,9 @@ def sweep_estimates(vocals: np.ndarray, accompaniment: np.ndarray, alphas) -> np
 
 
 def fast_sweep(references: np.ndarray, estimates: np.ndarray) -> np.ndarray:
-    from karaoke.bss_engine import References
+    from karaoke.bss_engine import bss_eval
 
-    return np.stack(References(references).score(estimates), axis=1)  # (n_alphas, 3, 2)
+    return np.stack(bss_eval(references, estimates), axis=1)  # (n_alphas, 3, 2)
 
 
 def mir_eval_one(references: np.ndarray, estimate: np.ndarray) -> np.ndarray:

@@ -55,12 +55,10 @@ def sdr(
 ) -> tuple[float, float]:
     """BSS-EVAL SDR (vocals, accompaniment) in dB of (n_channels, n) signals, the mean over channels:
     `karaoke.bss_engine`, equal to mir_eval's `bss_eval_sources` at its 512-tap distortion filter."""
-    from karaoke.bss_engine import References
+    from karaoke.bss_engine import bss_eval
 
     scores = [
-        References(np.stack([vocals_ref[c], accompaniment_ref[c]]), filter_length=taps).sdr(
-            np.stack([vocals[c], accompaniment[c]])
-        )
+        bss_eval(np.stack([vocals_ref[c], accompaniment_ref[c]]), np.stack([vocals[c], accompaniment[c]]), taps, sdr_only=True)[0]
         for c in range(vocals_ref.shape[0])
     ]
     return tuple(float(v) for v in np.mean(scores, axis=0))
