@@ -15,26 +15,7 @@ accompaniment (length-weighted, MIR-1K convention) at alpha 0.5 and at the alpha
 GNSDR, and the training time. `--report` prints the table of earlier `--json` files, Figure 3's
 comparison as a number (DNN SAR minus NMF SAR at equal SIR) and draws Figures 2 and 3.
 
-The figures in docs/results.md come from these commands (A9 = "evaluation.alphas=[0.1,0.2,...,0.9]"):
-
-    B=python benchmarks/mir1k_quality.py --threads 1 --set $A9
-    V="--config configs/mir1k.yaml --threads 1 --valid-every 1 --set evaluation.alphas=[0.5]"
-    $B $V --score-every 5                                          # the recipe, with its learning curve
-    $B $V --score-every 5 --set "dnn.hidden_sizes=[1024]"           # options, one at a time
-    $B $V --score-every 5 --set dnn.bias_offset=0
-    $B $V --score-every 5 --set "dnn.hidden_sizes=[512,512]"
-    $B $V --score-every 5 --set windows.remix_pitch_semitones=3
-    $B $V --score-every 5 --set dnn.dropout=0.2
-    $B $V --score-every 4 --set train.epochs=12 --set train.lr_schedule=cosine
-    W="--config configs/mir1k.yaml --threads 1 --valid-every 6 --score-every 4 --set train.epochs=12 --set windows.remixes=3 --set evaluation.alphas=[0.5]"
-    $B $W --set train.bin_weight_power=0; $B $W --set train.bin_weight_power=1; $B $W --set train.bin_weight_power=2
-    $B --config configs/mir1k-paper.yaml --set train.optimizer=sgd --set train.learning_rate=0.1 --set train.bin_weight_power=0 --valid-every 4 --set train.epochs=10 --json paper.json
-    $B --config configs/mir1k-paper.yaml --no-dnn --nmf --valid-every 2 --also-mask soft --json nmf85.json
-    $B --config configs/mir1k-paper.yaml --no-dnn --ibm --valid-every 2 --set "evaluation.alphas=[0.5]" --json ibm.json
-    karaoke run --config configs/mir1k.yaml --out runs/mir1k
-    $B --load runs/mir1k/dnn/epoch_0010 --valid-every 1 --set evaluation.alphas=[0.5]
-    $B --load runs/mir1k/dnn/epoch_0010 --valid-every 2 --also-mask binary --json dnn85.json
-    python benchmarks/mir1k_quality.py --report dnn85.json nmf85.json ibm.json --figures docs/mir1k
+docs/results.md gives each figure with the command that reproduces it.
 """
 
 from __future__ import annotations
